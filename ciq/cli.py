@@ -1,0 +1,322 @@
+"""The ``ciq`` command. Every failure is one line on stderr and a non-zero exit.
+
+Heavy modules (redis, Celery, GitPython) are imported inside the commands that need
+them: ``ciq enqueue`` runs in git hooks, on the push path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+from .errors import BadInput, CiqError, NotFound, StoreUnavailable
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .store import Store
+
+STATUS_COLOURS = {"passed": "green", "failed": "red", "error": "magenta", "timeout": "yellow",
+                  "running": "cyan", "queued": "blue"}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"ciq: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _store(settings: Settings) -> Store:
+    from .store import Store
+
+    store = Store.from_url(settings.result_backend)
+    store.ping()
+    return store
+
+
+def _repo_arg(repo: str, store: Store | None = None) -> str:
+    """Normalise a repository argument; a path that is gone may still name known reports."""
+    from .gitrepo import normalise_repo
+
+    try:
+        return normalise_repo(repo)
+    except BadInput:
+        if store is not None and repo.rstrip("/") in store.repos():
+            return repo.rstrip("/")
+        raise
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ciq")
+def cli() -> None:
+    """ciq: every commit tested on a pool of Celery workers, one report per commit."""
+
+
+@cli.command()
+@click.argument("repo")
+@click.option("--branch", "-b", "branches", multiple=True, metavar="B",
+              help="Branch to watch (repeatable; default: the repository's default branch).")
+@click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between polls.")
+@click.option("--once", is_flag=True, help="Poll once and exit (for cron).")
+@click.option("--latest-only", is_flag=True,
+              help="Test only the newest commit of each poll (the classic behaviour).")
+@click.option("--verbose", "-v", is_flag=True)
+def observe(repo: str, branches: tuple[str, ...], interval: float, once: bool,
+            latest_only: bool, verbose: bool) -> None:
+    """Watch REPO (a path or git URL) and enqueue one run per new commit, oldest first."""
+    from .gitrepo import validate_rev
+
+    settings = _settings()
+    _setup_logging(verbose)
+    for b in branches:
+        validate_rev(b)
+    repo = _repo_arg(repo)
+    store = _store(settings)
+    observer = _make_observer(settings, store, repo, branches, latest_only)
+    if once:
+        result = observer.poll()
+        if result.errors:
+            fail(result.errors[0])
+        click.echo(f"enqueued {len(result.enqueued)} commits")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    observer.run_forever(interval, stop)
+
+
+def _make_observer(settings: Settings, store: Store, repo: str, branches: tuple[str, ...],
+                   latest_only: bool) -> Any:
+    from .observer import Observer, Watch
+
+    return Observer([Watch(repo, branches, latest_only)], store, _dispatcher(settings, store),
+                    settings.data_dir)
+
+
+def _dispatcher(settings: Settings, store: Store) -> Any:
+    from .celery import create_app
+    from .dispatch import Dispatcher, celery_sender
+
+    return Dispatcher(store, celery_sender(create_app(settings), settings.queue))
+
+
+@cli.command()
+@click.argument("repo")
+@click.argument("rev", required=False)
+def enqueue(repo: str, rev: str | None) -> None:
+    """Test one commit of REPO now (default: HEAD) and print its SHA.
+
+    Meant for git hooks: `ciq enqueue "$PWD"` in post-commit, or with the pushed SHA in
+    post-receive.
+    """
+    from .gitrepo import CommitInfo, current_branch, resolve, validate_rev, validate_sha
+
+    settings = _settings()
+    repo = _repo_arg(repo)
+    if "://" in repo or "@" in repo.split("/")[0]:
+        if rev is None:
+            fail("give the commit to test as a full SHA when REPO is a URL")
+        sha, branch, info = validate_sha(rev), None, None
+    else:
+        validate_rev(rev or "HEAD")
+        sha = resolve(repo, rev or "HEAD")
+        branch = current_branch(repo) if rev in (None, "HEAD") else None
+        if branch is None and rev and not rev.startswith(sha[: len(rev)]):
+            branch = rev.removeprefix("refs/heads/")
+        info = CommitInfo(sha, "", "")
+        try:
+            from .gitrepo import _run
+
+            author, subject = _run(["log", "-1", "--format=%an%x00%s", sha], cwd=repo).split(
+                "\x00", 1)
+            info = CommitInfo(sha, author, subject)
+        except CiqError:
+            pass
+    store = _store(settings)
+    if not _dispatcher(settings, store).submit(repo, sha, branch, info):
+        click.echo(f"ciq: {sha[:12]} was enqueued before; see `ciq report {repo} {sha[:12]}`",
+                   err=True)
+    click.echo(sha)
+
+
+def _age(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    except ValueError:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _row_json(repo: str, row: dict[str, Any]) -> dict[str, Any]:
+    meta, report = row["meta"], row["report"]
+    return {
+        "repo": repo,
+        "commit": row["sha"],
+        "branch": meta.get("branch") or None,
+        "status": row["state"],
+        "subject": meta.get("subject", ""),
+        "author": meta.get("author", ""),
+        "enqueued_at": meta.get("enqueued_at"),
+        "summary": report.to_dict()["summary"] if report else None,
+        "duration": report.duration if report else None,
+        "worker": report.worker if report else meta.get("worker") or None,
+        "attempts": report.attempts if report else int(meta.get("attempts") or 0),
+    }
+
+
+@cli.command()
+@click.argument("repo", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(1, 10000),
+              help="Commits per repository.")
+def status(repo: str | None, as_json: bool, limit: int) -> None:
+    """Recent commits and their state, newest first (all repositories without REPO)."""
+    settings = _settings()
+    store = _store(settings)
+    repos = [_repo_arg(repo, store)] if repo else store.repos()
+    rows = [_row_json(r, row) for r in repos for row in store.recent(r, limit)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no commits yet" + (f" for {repos[0]}" if repo else ""))
+        return
+    colour = sys.stdout.isatty()
+    current = None
+    header = f"{'SHA':<12}  {'BRANCH':<16} {'STATUS':<8} {'PASS':>5} {'FAIL':>5} " \
+             f"{'TIME':>7}  {'WORKER':<16} {'AGE':>4}  SUBJECT"
+    for r in rows:
+        if r["repo"] != current:
+            current = r["repo"]
+            title = click.style(current, bold=True) if colour else current
+            click.echo(("\n" if current != rows[0]["repo"] else "") + title)
+            click.echo(header)
+        s = r["summary"] or {}
+        passed = str(s["passed"]) if s else "-"
+        failed = str(s["failed"] + s["errors"]) if s else "-"
+        took = f"{r['duration']:.1f}s" if r["duration"] is not None else "-"
+        state = f"{r['status']:<8}"
+        if colour:
+            state = click.style(state, fg=STATUS_COLOURS.get(r["status"]))
+        branch = _printable(r["branch"] or "-")[:16]
+        worker = (r["worker"] or "-")[:16]
+        click.echo(
+            f"{r['commit'][:12]}  {branch:<16} {state} {passed:>5} {failed:>5} {took:>7}  "
+            f"{worker:<16} {_age(r['enqueued_at']):>4}  {_printable(r['subject'])[:60]}"
+        )
+
+
+def _printable(text: str) -> str:
+    """Text from a repository, safe for a terminal (no escape sequences)."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text)
+
+
+@cli.command()
+@click.argument("repo")
+@click.argument("sha")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--junit", is_flag=True, help="Print the report as JUnit XML.")
+@click.option("--wait", default=0.0, type=click.FloatRange(min=0), metavar="S",
+              help="Wait up to S seconds for a report still being made.")
+def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float) -> None:
+    """One commit's report. SHA may be a unique prefix."""
+    from .gitrepo import validate_sha_prefix
+
+    if as_json and junit:
+        fail("choose one of --json and --junit", 2)
+    settings = _settings()
+    prefix = validate_sha_prefix(sha)
+    store = _store(settings)
+    repo = _repo_arg(repo, store)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            full = store.resolve(repo, prefix)
+            found = store.report(repo, full)
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise
+            full, found = None, None
+        if found is not None:
+            break
+        if time.monotonic() >= deadline:
+            state = "running" if store.lease_holder(repo, full or "") else "queued"
+            fail(f"{prefix} has no report yet ({state}); use --wait S to wait for it")
+        time.sleep(0.1)
+    if as_json:
+        click.echo(json.dumps(found.to_dict(), indent=2))
+    elif junit:
+        from .junit import to_junit
+
+        click.echo(to_junit(found))
+    else:
+        _print_report(found, sys.stdout.isatty())
+
+
+def _print_report(r: Any, colour: bool) -> None:
+    def style(text: str, **kw: Any) -> str:
+        return click.style(text, **kw) if colour else text
+
+    s = r.summary
+    click.echo(f"{style(r.status.upper(), fg=STATUS_COLOURS[r.status], bold=True)}  "
+               f"{r.commit}  {r.branch or '-'}  {r.repo}")
+    click.echo(f"{s.total} tests: {s.passed} passed, {s.failed} failed, {s.errors} errors, "
+               f"{s.skipped} skipped in {r.duration:.2f}s on {r.worker} "
+               f"(attempt {r.attempts}, {r.finished_at})")
+    if r.message:
+        click.echo(_printable(r.message))
+    bad = [t for t in r.tests if t.outcome in ("failed", "error")]
+    for t in bad:
+        click.echo(style(f"\n{t.outcome.upper()} {_printable(t.id)}", fg="red"))
+        click.echo("    " + _printable(t.message).replace("\n", "\n    ")[:2000])
+    if r.status != "passed" and r.output:
+        click.echo(style("\n--- output ---", dim=True))
+        click.echo(_printable(r.output)[-8000:])
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except StoreUnavailable as exc:
+        fail(str(exc))
+    except CiqError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # redis and kombu errors reaching the CLI
+        name = type(exc).__name__
+        if "Connection" in name or "Timeout" in name or "OperationalError" in name:
+            fail(f"cannot reach Redis ({exc}); check CIQ_BROKER_URL / CIQ_RESULT_BACKEND")
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Git for ciq: validating what comes from outside, bare mirrors and per-run worktrees.
+
+Nothing a user passes reaches git as an option: repositories, SHAs and revisions are
+checked here first, and revisions go after ``--end-of-options``. Every command runs
+with repository hooks disabled (``core.hooksPath=/dev/null``), without prompts, and
+with the ``ext::``/``fd::`` transports off, since repository URLs come from outside.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from .errors import BadInput, RepositoryError
+
+logger = logging.getLogger(__name__)
+
+SHA_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+SHA_PREFIX_RE = re.compile(r"^[0-9a-f]{4,64}$")
+# A revision as a person types it: a branch, tag, HEAD~2, v1.0^{commit}, a SHA...
+_REV_RE = re.compile(r"^[A-Za-z0-9_./@{}~^+-]+$")
+_URL_RE = re.compile(r"^(?:(?:https?|git|ssh|file)://[^\s]+|[\w.-]+@[\w.-]+:[^\s]+)$")
+
+_GIT_CONFIG = [
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "protocol.ext.allow=never",
+    "-c", "protocol.fd.allow=never",
+    "-c", "advice.detachedHead=false",
+]  # fmt: skip
+_GIT_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "true",
+    "GIT_SSH_COMMAND": "ssh -oBatchMode=yes",
+}
+#: Seconds a fetch or clone may take before it is abandoned (a hung server).
+FETCH_TIMEOUT = 600
+
+
+def validate_sha(sha: str) -> str:
+    """A full commit id, lower-case; anything else is :class:`BadInput`."""
+    sha = sha.strip().lower()
+    if not SHA_RE.match(sha):
+        raise BadInput(f"{sha[:80]!r} is not a full commit id (40 hexadecimal digits)")
+    return sha
+
+
+def validate_sha_prefix(prefix: str) -> str:
+    p = prefix.strip().lower()
+    if not SHA_PREFIX_RE.match(p):
+        raise BadInput(f"{prefix[:80]!r} is not a commit id: give at least 4 hexadecimal digits")
+    return p
+
+
+def validate_rev(rev: str) -> str:
+    """A revision to resolve; rejects anything git could read as an option."""
+    if not rev or rev.startswith("-") or not _REV_RE.match(rev) or ".." in rev:
+        raise BadInput(f"{rev[:80]!r} is not a valid revision: give a branch, tag or commit id")
+    return rev
+
+
+def normalise_repo(repo: str) -> str:
+    """The canonical name of a repository: an absolute path or a URL without a trailing /.
+
+    A local path must exist; a URL must use a plain transport (https, ssh, git, file).
+    """
+    repo = repo.strip()
+    if not repo or repo.startswith("-"):
+        raise BadInput(f"{repo[:80]!r} is not a repository: give a path or a git URL")
+    if "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo):
+        if not _URL_RE.match(repo):
+            raise BadInput(
+                f"{repo[:80]!r} is not a supported git URL: use https://, ssh://, git:// or file://"
+            )
+        return repo.rstrip("/")
+    path = Path(repo).expanduser()
+    if not path.exists():
+        raise BadInput(f"{repo}: no such directory; give the path of a git repository or a URL")
+    return str(path.resolve())
+
+
+def _run(args: list[str], cwd: str | None = None, timeout: float | None = None) -> str:
+    cmd = ["git", *_GIT_CONFIG, *args]
+    try:
+        return git.Git(cwd).execute(
+            cmd, env=_GIT_ENV, kill_after_timeout=timeout, strip_newline_in_stdout=True
+        )  # type: ignore[no-any-return]
+    except git.GitCommandError as exc:
+        stderr = (exc.stderr or "").strip().replace("\n", " ")
+        stderr = stderr.removeprefix("stderr: ").strip("' ")
+        raise RepositoryError(f"git {args[0]} failed: {stderr[:400] or exc.status}") from None
+
+
+def resolve(repo_path: str, rev: str) -> str:
+    """The commit id ``rev`` names in a local repository (read-only, no fetch)."""
+    validate_rev(rev)
+    if not (Path(repo_path) / ".git").exists() and not (Path(repo_path) / "HEAD").exists():
+        raise BadInput(f"{repo_path} is not a git repository")
+    try:
+        return _run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
+                    cwd=repo_path)
+    except RepositoryError:
+        raise BadInput(f"{rev} is not a commit in {repo_path}") from None
+
+
+def current_branch(repo_path: str) -> str | None:
+    try:
+        return _run(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=repo_path) or None
+    except RepositoryError:
+        return None
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    sha: str
+    author: str
+    subject: str
+
+
+class Mirror:
+    """A bare mirror of one repository under a data folder, shared by the processes of a
+    host. A file lock serialises what changes it (fetches, worktree bookkeeping)."""
+
+    def __init__(self, root: Path, repo: str, name: str) -> None:
+        self.repo = repo
+        self.path = root / f"{name}.git"
+        self._lock_path = root / f"{name}.lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._lock_path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _git(self, *args: str, timeout: float | None = None) -> str:
+        return _run(["--git-dir", str(self.path), *args], timeout=timeout)
+
+    def _create(self) -> None:
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _run(["init", "--quiet", "--bare", str(tmp)])
+        _run(["--git-dir", str(tmp), "remote", "add", "origin", "--", self.repo])
+        # Renamed into place only once set up, so a half-made mirror is never used.
+        os.rename(tmp, self.path)
+
+    def fetch(self) -> None:
+        """Bring branches and tags up to date (creating the mirror the first time)."""
+        with self.locked():
+            if not self.path.exists():
+                self._create()
+            self._git(
+                "fetch", "--quiet", "--prune", "--no-recurse-submodules", "origin",
+                "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*",
+                timeout=FETCH_TIMEOUT,
+            )  # fmt: skip
+
+    def has_commit(self, sha: str) -> bool:
+        if not self.path.exists():
+            return False
+        try:
+            self._git("cat-file", "-e", f"{validate_sha(sha)}^{{commit}}")
+            return True
+        except RepositoryError:
+            return False
+
+    def ensure_commit(self, sha: str) -> None:
+        """Make sure the mirror holds ``sha``, fetching only when it does not."""
+        if self.has_commit(sha):
+            return
+        self.fetch()
+        if not self.has_commit(sha):
+            raise RepositoryError(f"commit {sha} is not in {self.repo} (was history rewritten?)")
+
+    def branches(self) -> dict[str, str]:
+        out = self._git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads")
+        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+    def default_branch(self) -> str | None:
+        try:
+            out = _run(["ls-remote", "--symref", "--", self.repo, "HEAD"], timeout=FETCH_TIMEOUT)
+        except RepositoryError:
+            return None
+        for line in out.splitlines():
+            if line.startswith("ref: refs/heads/"):
+                return line.split()[1].removeprefix("refs/heads/")
+        return None
+
+    def is_ancestor(self, old: str, new: str) -> bool:
+        try:
+            self._git("merge-base", "--is-ancestor", "--end-of-options", old, new)
+            return True
+        except RepositoryError:
+            return False
+
+    def new_commits(self, old: str, new: str, limit: int) -> list[CommitInfo]:
+        """Commits reachable from ``new`` but not ``old``, oldest first (at most ``limit``,
+        the newest ones)."""
+        out = self._git(
+            "log", f"--max-count={limit}", "--format=%H%x00%an%x00%s", "--end-of-options",
+            new, f"^{old}",
+        )  # fmt: skip
+        return [CommitInfo(*line.split("\x00", 2)) for line in reversed(out.splitlines()) if line]
+
+    def info(self, sha: str) -> CommitInfo:
+        out = self._git("log", "-1", "--format=%H%x00%an%x00%s", "--end-of-options", sha)
+        return CommitInfo(*out.split("\x00", 2))
+
+    def add_worktree(self, path: Path, sha: str) -> None:
+        """Check ``sha`` out into a new worktree at ``path`` (submodules left alone)."""
+        with self.locked():
+            self._git("worktree", "add", "--quiet", "--detach", "--", str(path), validate_sha(sha))
+
+    def prune_worktrees(self) -> None:
+        with self.locked():
+            self._git("worktree", "prune")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a run's folder even if the code under test made parts of it read-only."""
+
+    def onerror(func, p, _exc):  # type: ignore[no-untyped-def]
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)

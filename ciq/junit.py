@@ -1,0 +1,104 @@
+"""JUnit XML in and out.
+
+The XML read here is written by the code under test, so it is untrusted: it is parsed
+with defusedxml (no DTDs, no entities, no external references) and its size is capped
+before parsing.
+"""
+
+from __future__ import annotations
+
+import os
+from xml.etree.ElementTree import Element, SubElement, tostring
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
+
+from .report import Report, TestResult
+
+#: Bytes of JUnit XML ciq agrees to parse; a larger file is junk or an attack.
+MAX_JUNIT_BYTES = 50 * 1024 * 1024
+#: Characters of a failure message kept per test.
+MAX_MESSAGE_CHARS = 4000
+
+
+class JUnitError(ValueError):
+    """Raised when a JUnit XML file is missing, too large or not JUnit XML."""
+
+
+def _test_id(case: Element) -> str:
+    name = case.get("name", "?")
+    classname = case.get("classname", "")
+    path = case.get("file")
+    if path:
+        # pytest's xunit1 output: classname "tests.test_x.TestY", file "tests/test_x.py".
+        module = path[:-3].replace("/", ".") if path.endswith(".py") else ""
+        inside = module and classname.startswith(module)
+        rest = classname[len(module) :].lstrip(".") if inside else ""
+        return "::".join(p for p in (path, *rest.split(".")) if p) + "::" + name
+    return f"{classname}::{name}" if classname else name
+
+
+def _outcome(case: Element) -> tuple[str, str]:
+    for tag, outcome in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+        child = case.find(tag)
+        if child is not None:
+            message = child.get("message") or ""
+            text = (child.text or "").strip()
+            if outcome != "skipped" and text:
+                message = f"{message}\n{text}" if message else text
+            return outcome, message[:MAX_MESSAGE_CHARS]
+    return "passed", ""
+
+
+def parse_junit(path: str | os.PathLike[str]) -> list[TestResult]:
+    """Return the test results in a JUnit XML file, in file order."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise JUnitError(f"no JUnit XML was written ({exc.strerror})") from None
+    if size > MAX_JUNIT_BYTES:
+        raise JUnitError(f"JUnit XML is {size} bytes, over the {MAX_JUNIT_BYTES} byte limit")
+    try:
+        root = SafeET.parse(path, forbid_dtd=True).getroot()
+    except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
+        raise JUnitError(f"JUnit XML is not readable: {exc}") from None
+    if root.tag not in ("testsuites", "testsuite"):
+        raise JUnitError(f"JUnit XML has root <{root.tag[:40]}>, not <testsuites>")
+    results = []
+    for case in root.iter("testcase"):
+        outcome, message = _outcome(case)
+        try:
+            duration = max(0.0, float(case.get("time") or 0.0))
+        except ValueError:
+            duration = 0.0
+        results.append(TestResult(_test_id(case), outcome, round(duration, 6), message))
+    return results
+
+
+def to_junit(report: Report) -> str:
+    """Render a report as JUnit XML (for `ciq report --junit`)."""
+    s = report.summary
+    suites = Element("testsuites")
+    suite = SubElement(
+        suites,
+        "testsuite",
+        name=f"{report.repo}@{report.commit[:12]}",
+        tests=str(s.total),
+        failures=str(s.failed),
+        errors=str(s.errors + (1 if report.status in ("error", "timeout") else 0)),
+        skipped=str(s.skipped),
+        time=f"{report.duration:.3f}",
+        timestamp=report.started_at or "",
+        hostname=report.worker or "",
+    )
+    for t in report.tests:
+        path, _, name = t.id.rpartition("::")
+        case = SubElement(suite, "testcase", classname=path, name=name, time=f"{t.duration:.3f}")
+        if t.outcome in ("failed", "error", "skipped"):
+            tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[t.outcome]
+            child = SubElement(case, tag, message=t.message.split("\n", 1)[0])
+            child.text = t.message
+    if report.status in ("error", "timeout"):
+        case = SubElement(suite, "testcase", classname="ciq", name=report.status)
+        SubElement(case, "error", message=report.message).text = report.output
+    return tostring(suites, encoding="unicode", xml_declaration=True)

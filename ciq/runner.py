@@ -1,0 +1,293 @@
+"""Testing one commit: worktree from the mirror, the test command in a sandbox, a report.
+
+Plain functions over the file system and git; no Redis, no Celery. The caller (the task)
+holds the lease and stores the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import sandbox
+from .errors import CiqError
+from .gitrepo import Mirror, remove_tree
+from .junit import JUnitError, parse_junit
+from .report import Report, Summary, utcnow
+from .store import repo_id
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the sandbox gets to kill the test tree after a stop request.
+STOP_GRACE = 5.0
+#: Seconds to wait for the output pipe to close once the sandbox is gone.
+DRAIN_GRACE = 5.0
+#: Environment variables the code under test never sees (broker and backend credentials).
+HIDDEN_ENV_PREFIXES = ("CIQ_", "CELERY_")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run does; everything but the commit comes from settings."""
+
+    repo: str
+    sha: str
+    branch: str | None
+    run_id: str
+    worker: str
+    attempts: int
+    data_dir: Path
+    time_limit: float
+    output_limit: int
+
+
+class OutputTail:
+    """Keeps the first and last ``limit / 2`` bytes of a stream of any size."""
+
+    def __init__(self, limit: int) -> None:
+        self.half = limit // 2
+        self.head = bytearray()
+        self.tail: deque[bytes] = deque()
+        self.tail_len = 0
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail.append(chunk)
+            self.tail_len += len(chunk)
+            while self.tail_len - len(self.tail[0]) >= self.half:
+                self.tail_len -= len(self.tail.popleft())
+
+    def text(self) -> str:
+        tail = b"".join(self.tail)[-self.half :] if self.tail else b""
+        omitted = self.total - len(self.head) - len(tail)
+        middle = f"\n[... {omitted} bytes of output omitted ...]\n".encode() if omitted else b""
+        return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
+
+
+def test_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The environment of the code under test: the worker's, less ciq's and Celery's."""
+    env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_ENV_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["CI"] = "true"
+    return env
+
+
+def default_command(junit_path: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", "tests",
+        f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",
+    ]  # fmt: skip
+
+
+@dataclass
+class Completed:
+    exit_code: int
+    timed_out: bool
+    output: str
+    seconds: float
+
+
+def run_sandboxed(
+    cmd: list[str], cwd: Path, env: dict[str, str], time_limit: float, output_limit: int,
+    pgid_file: Path,
+) -> Completed:
+    """Run ``cmd`` under the sandbox supervisor, killing its whole tree at the time limit."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", sandbox.__file__, str(pgid_file), "--", *cmd],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        close_fds=True,
+    )
+    out = OutputTail(output_limit)
+    assert proc.stdout is not None
+    stream = proc.stdout
+
+    def drain() -> None:
+        while chunk := stream.read1(65536):
+            out.feed(chunk)
+
+    reader = threading.Thread(target=drain, name="ciq-output", daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=time_limit)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        proc.send_signal(sandbox.STOP)
+        try:
+            proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    finally:
+        if proc.returncode is None:  # interrupted (e.g. Celery's soft time limit)
+            proc.send_signal(sandbox.STOP)
+            proc.wait()
+    if proc.returncode == -signal.SIGKILL:
+        # The supervisor itself was killed (by the tests?): kill its group ourselves.
+        kill_recorded_group(pgid_file)
+    reader.join(DRAIN_GRACE)
+    stream.close()
+    return Completed(proc.returncode, timed_out, out.text(), time.monotonic() - started)
+
+
+def kill_recorded_group(pgid_file: Path) -> None:
+    try:
+        pgid = int(pgid_file.read_text())
+    except (OSError, ValueError):
+        return
+    if pgid > 1:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()[19].decode()
+
+
+def _runs_dir(data_dir: Path) -> Path:
+    return data_dir / "runs"
+
+
+def mirror_for(data_dir: Path, repo: str) -> Mirror:
+    return Mirror(data_dir / "mirrors", repo, repo_id(repo))
+
+
+def sweep_stale_runs(data_dir: Path, host: str) -> int:
+    """Clean the runs of this host whose worker process is gone: kill the test tree that
+    may still run and delete the worktree. Returns how many were cleaned."""
+    cleaned = 0
+    runs = _runs_dir(data_dir)
+    if not runs.is_dir():
+        return 0
+    for record_path in runs.glob("*/run.json"):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("host") != host:
+            continue
+        if _proc_start(record["pid"]) == record.get("pid_start"):
+            continue  # its worker process is alive
+        kill_recorded_group(record_path.parent / "pgid")
+        remove_tree(record_path.parent)
+        try:
+            mirror_for(data_dir, record["repo"]).prune_worktrees()
+        except CiqError:
+            pass
+        logger.warning("runner: cleaned up run %s of a dead worker process", record["run_id"])
+        cleaned += 1
+    return cleaned
+
+
+def _status(done: Completed, tests_found: bool, junit_error: str | None, summary: Summary
+            ) -> tuple[str, str]:
+    if done.timed_out:
+        return "timeout", "the test run was killed at the time limit"
+    code = done.exit_code
+    if code == 0:
+        return "passed", ""
+    if code == 1 and (summary.failed or summary.errors):
+        return "failed", f"{summary.failed + summary.errors} of {summary.total} tests failed"
+    if code == 1:
+        return "failed", "the test command exited with status 1"
+    if code == 2:
+        return "error", "test collection failed or the run was interrupted (pytest exit 2)"
+    if code == 4:
+        return "error", "pytest could not start: bad usage or missing test path (exit 4)"
+    if code == 5:
+        return "error", "no tests were collected (pytest exit 5)"
+    if code < 0 or code > 128:
+        sig = -code if code < 0 else code - 128
+        return "error", f"the test command was killed by signal {sig}"
+    return "error", f"the test command exited with status {code}" + (
+        f"; {junit_error}" if junit_error and not tests_found else ""
+    )
+
+
+def test_commit(plan: RunPlan) -> Report:
+    """Check the commit out into a fresh worktree, run its tests, and report."""
+    started_at, t0 = utcnow(), time.monotonic()
+    base = dict(
+        repo=plan.repo, commit=plan.sha, branch=plan.branch, started_at=started_at,
+        worker=plan.worker, attempts=plan.attempts, run_id=plan.run_id,
+    )  # fmt: skip
+
+    def finish(status: str, message: str = "", **more: object) -> Report:
+        return Report(
+            status=status, message=message, finished_at=utcnow(),
+            duration=round(time.monotonic() - t0, 3), **base, **more,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    run_dir = _runs_dir(plan.data_dir) / plan.run_id
+    mirror = mirror_for(plan.data_dir, plan.repo)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "run_id": plan.run_id, "repo": plan.repo, "sha": plan.sha, "host": os.uname().nodename,
+        "pid": os.getpid(), "pid_start": _proc_start(os.getpid()),
+    }  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(record))
+    worktree = run_dir / "src"
+    try:
+        try:
+            mirror.ensure_commit(plan.sha)
+            mirror.add_worktree(worktree, plan.sha)
+        except CiqError as exc:
+            return finish("error", f"could not check out {plan.sha[:12]}: {exc}")
+        if not (worktree / "tests").is_dir():
+            return finish(
+                "error",
+                "no tests/ directory in this commit; ciq runs `python -m pytest tests` "
+                "from the repository root",
+            )
+        junit_path = run_dir / "junit.xml"
+        cmd = default_command(junit_path)
+        done = run_sandboxed(
+            cmd, worktree, test_environment(dict(os.environ)), plan.time_limit,
+            plan.output_limit, run_dir / "pgid",
+        )  # fmt: skip
+        junit_error = None
+        tests: list = []
+        try:
+            tests = parse_junit(junit_path)
+        except JUnitError as exc:
+            junit_error = str(exc)
+        summary = Summary.of(tests)
+        status, message = _status(done, bool(tests), junit_error, summary)
+        return finish(
+            status, message, summary=summary, tests=tuple(tests), output=done.output,
+            command=shlex.join(["python", *cmd[1:]]), exit_code=done.exit_code,
+        )  # fmt: skip
+    finally:
+        remove_tree(run_dir)
+        try:
+            mirror.prune_worktrees()
+        except CiqError as exc:
+            logger.warning("runner: could not prune worktrees of %s: %s", plan.repo, exc)

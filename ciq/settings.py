@@ -1,0 +1,125 @@
+"""Settings of a ciq process, read once from the environment.
+
+Every process (worker, observer, CLI) builds one frozen :class:`Settings` with
+:meth:`Settings.from_env` and passes it down; tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+
+def _default_data_dir(environ: Mapping[str, str]) -> Path:
+    base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "ciq"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Celery broker (Redis).
+    broker_url: str = DEFAULT_BROKER_URL
+    #: Celery results backend; reports, leases and observer positions live there too.
+    result_backend: str = DEFAULT_BROKER_URL
+    #: Mirrors, worktrees and run records of this host's workers and observer.
+    data_dir: Path = field(default_factory=lambda: _default_data_dir(os.environ))
+    #: Broker queue the runs go to.
+    queue: str = "ciq"
+    #: Seconds a whole test run may take before it is killed and reported as `timeout`.
+    time_limit: float = 900.0
+    #: Seconds a run lease lives without a heartbeat. A dead worker's commit is rerun
+    #: about this long after it died (plus one reconciler pass).
+    lease_ttl: float = 5.0
+    #: Seconds between two reconciler passes in each worker.
+    reconcile_interval: float = 1.0
+    #: Runs of one commit before ciq gives up with an `error` report (poison commits).
+    max_attempts: int = 3
+    #: Bytes of test output kept in a report: half from the head, half from the tail.
+    output_limit: int = 64 * 1024
+    #: Name written in reports as `worker`; defaults to the host name.
+    worker_name: str = field(default_factory=lambda: os.uname().nodename)
+
+    #: Environment variable for each field, in one place.
+    ENV = {
+        "broker_url": "CIQ_BROKER_URL",
+        "result_backend": "CIQ_RESULT_BACKEND",
+        "data_dir": "CIQ_DATA_DIR",
+        "queue": "CIQ_QUEUE",
+        "time_limit": "CIQ_TIME_LIMIT",
+        "lease_ttl": "CIQ_LEASE_TTL",
+        "reconcile_interval": "CIQ_RECONCILE_INTERVAL",
+        "max_attempts": "CIQ_MAX_ATTEMPTS",
+        "output_limit": "CIQ_OUTPUT_LIMIT",
+        "worker_name": "CIQ_WORKER_NAME",
+    }
+
+    def __post_init__(self) -> None:
+        for name in ("time_limit", "lease_ttl", "reconcile_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{self.ENV[name]} must be a positive number of seconds")
+        if self.max_attempts < 1:
+            raise ConfigError(f"{self.ENV['max_attempts']} must be at least 1")
+        if self.output_limit < 1024:
+            raise ConfigError(f"{self.ENV['output_limit']} must be at least 1024 bytes")
+        for name in ("broker_url", "result_backend"):
+            url = getattr(self, name)
+            if not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
+                raise ConfigError(
+                    f"{self.ENV[name]}={url!r} is not a Redis URL; "
+                    "use redis://host:port/db (or rediss:// for TLS)"
+                )
+        if not self.queue or not self.queue.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{self.ENV['queue']} must be a plain name like 'ciq'")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``CIQ_*`` variables; the error names the bad variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for name, var in cls.ENV.items():
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            kind = types[name]
+            try:
+                if kind == "float":
+                    values[name] = float(raw)
+                elif kind == "int":
+                    values[name] = int(raw)
+                elif kind == "Path":
+                    values[name] = Path(raw).expanduser()
+                else:
+                    values[name] = raw
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a valid {kind}") from None
+        if "result_backend" not in values and "broker_url" in values:
+            values["result_backend"] = values["broker_url"]
+        if "data_dir" not in values:
+            values["data_dir"] = _default_data_dir(environ)
+        return cls(**values)  # type: ignore[arg-type]
+
+    # Celery's limits sit above ciq's own so that ciq, which kills the whole process
+    # group and writes a `timeout` report, always acts first; Celery's are a backstop.
+    @property
+    def soft_time_limit(self) -> float:
+        return self.time_limit + 60
+
+    @property
+    def hard_time_limit(self) -> float:
+        return self.time_limit + 90
+
+    @property
+    def visibility_timeout(self) -> float:
+        """Seconds before the Redis transport redelivers an unacknowledged run.
+
+        It must stay above the hard time limit, or a long run that is still alive would
+        be handed to a second worker (the lease makes that copy stand down anyway).
+        """
+        return self.hard_time_limit + 600

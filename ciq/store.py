@@ -1,0 +1,335 @@
+"""What ciq keeps in Redis: reports, the per-repository index, leases, observer positions.
+
+Reports are written in the Celery results backend's own format, under the key Celery
+uses for the run's task id (``celery-task-meta-<id>``), so ``AsyncResult(id).get()`` and
+Flower read the same document as ``ciq report``. Every state change that must not be
+half-done (claiming a commit, taking a lease, writing the final report, handing an
+orphan back to the queue) is one Lua script, so it is atomic in Redis.
+
+Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
+
+=============================  ======  ==================================================
+``ciq:repos``                  hash    rid → repository as normalised
+``ciq:index:<rid>``            zset    sha scored by first-seen time (ms): history
+``ciq:commit:<rid>:<sha>``     hash    repo, commit, branch, enqueued_at, subject, author,
+                                       attempts, run_id, worker, started_at
+``ciq:lease:<rid>:<sha>``      string  run id of the live run; expires unless renewed
+``ciq:started``                set     members that took a lease and have no report yet
+``ciq:unsent``                 zset    members claimed but not yet handed to the broker
+``ciq:position:<rid>``         hash    branch → last SHA the observer handled
+``celery-task-meta-<task id>`` string  the final report (Celery result meta, no expiry)
+=============================  ======  ==================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .errors import NotFound, StoreUnavailable
+from .report import Report, utcnow
+
+#: Namespace of the deterministic task id of a (repository, commit) run.
+_TASK_NS = uuid.UUID("6f1d0d4e-1c2a-4b55-9d7e-3f3c1f0a9c11")
+
+
+def repo_id(repo: str) -> str:
+    """A short stable key for a normalised repository path or URL."""
+    return hashlib.sha1(repo.encode()).hexdigest()[:16]
+
+
+def task_id(repo: str, sha: str) -> str:
+    """The Celery task id of a commit's run: the same for every attempt of it."""
+    return str(uuid.uuid5(_TASK_NS, f"{repo_id(repo)}:{sha}"))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+return 1
+"""
+
+# KEYS: lease, report, commit, started. ARGV: run id, ttl ms, member, worker, started_at.
+# Returns -1 when the report exists, 0 when another run holds the lease, else attempts.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('HSET', KEYS[3], 'run_id', ARGV[1], 'worker', ARGV[4], 'started_at', ARGV[5])
+return redis.call('HINCRBY', KEYS[3], 'attempts', 1)
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS: report, commit, started. ARGV: meta json, member, status, finished_at.
+_FINISH = """
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finished_at', ARGV[4])
+redis.call('SREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: report, lease, started, unsent. ARGV: member. A started commit whose run is
+# gone (no report, no live lease) moves from the started set to the unsent set, due at
+# once, in one step: whoever then sends it, a crash in between loses nothing.
+_ORPHAN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SREM', KEYS[3], ARGV[1]); return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    repo: str
+    sha: str
+    run_id: str
+    attempts: int
+
+
+class Store:
+    """ciq's state in the results-backend Redis. Safe to share between threads."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._claim = client.register_script(_CLAIM)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._finish = client.register_script(_FINISH)
+        self._orphan = client.register_script(_ORPHAN)
+
+    @classmethod
+    def from_url(cls, url: str) -> Store:
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+        return cls(client)
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except redis.RedisError as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis ({exc}); check CIQ_RESULT_BACKEND and that Redis runs"
+            ) from None
+
+    # -- keys ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _commit_key(rid: str, sha: str) -> str:
+        return f"ciq:commit:{rid}:{sha}"
+
+    @staticmethod
+    def _lease_key(rid: str, sha: str) -> str:
+        return f"ciq:lease:{rid}:{sha}"
+
+    @staticmethod
+    def report_key(repo: str, sha: str) -> str:
+        return f"celery-task-meta-{task_id(repo, sha)}"
+
+    # -- enqueueing -----------------------------------------------------------------------
+
+    def claim(self, repo: str, sha: str, branch: str | None, meta: dict[str, str]) -> bool:
+        """Record a commit as seen, once. False when it was claimed before (by anyone)."""
+        rid = repo_id(repo)
+        fields = {
+            **{k: v for k, v in meta.items() if v is not None},
+            "repo": repo,
+            "commit": sha,
+            "branch": branch or "",
+            "enqueued_at": utcnow(),
+            "attempts": "0",
+        }
+        flat = [x for kv in fields.items() for x in kv]
+        return bool(
+            self._claim(
+                keys=[self._commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos"],
+                args=[json.dumps(flat), _now_ms(), sha, f"{rid}:{sha}", rid, repo],
+            )
+        )
+
+    def mark_sent(self, repo: str, sha: str) -> None:
+        self.client.zrem("ciq:unsent", f"{repo_id(repo)}:{sha}")
+
+    def unsent(self, older_than: float) -> list[tuple[str, str, str | None]]:
+        """Claimed commits whose enqueuer died before handing them to the broker."""
+        cutoff = _now_ms() - int(older_than * 1000)
+        members = self.client.zrangebyscore("ciq:unsent", "-inf", cutoff)
+        return [c for c in (self._commit_of(m) for m in members) if c]
+
+    def _commit_of(self, member: str) -> tuple[str, str, str | None] | None:
+        rid, _, sha = member.partition(":")
+        repo, branch = self.client.hmget(self._commit_key(rid, sha), "repo", "branch")
+        if not repo:
+            return None
+        return repo, sha, branch or None
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def acquire(self, repo: str, sha: str, run_id: str, ttl: float, worker: str) -> int:
+        """Take the lease of a commit: attempts so far, 0 if held, -1 if reported."""
+        rid = repo_id(repo)
+        return int(
+            self._acquire(
+                keys=[
+                    self._lease_key(rid, sha),
+                    self.report_key(repo, sha),
+                    self._commit_key(rid, sha),
+                    "ciq:started",
+                ],
+                args=[run_id, int(ttl * 1000), f"{rid}:{sha}", worker, utcnow()],
+            )
+        )
+
+    def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
+        key = self._lease_key(repo_id(repo), sha)
+        return bool(self._renew(keys=[key], args=[run_id, int(ttl * 1000)]))
+
+    def release(self, repo: str, sha: str, run_id: str) -> None:
+        self._release(keys=[self._lease_key(repo_id(repo), sha)], args=[run_id])
+
+    def lease_holder(self, repo: str, sha: str) -> str | None:
+        return self.client.get(self._lease_key(repo_id(repo), sha))
+
+    def finish(self, report: Report) -> bool:
+        """Store the final report unless one exists. True if this call wrote it."""
+        rid = repo_id(report.repo)
+        tid = task_id(report.repo, report.commit)
+        meta = {
+            "status": "SUCCESS",
+            "result": report.to_dict(),
+            "traceback": None,
+            "children": [],
+            "date_done": report.finished_at,
+            "task_id": tid,
+        }
+        return bool(
+            self._finish(
+                keys=[
+                    self.report_key(report.repo, report.commit),
+                    self._commit_key(rid, report.commit),
+                    "ciq:started",
+                ],
+                args=[json.dumps(meta), f"{rid}:{report.commit}", report.status, utcnow()],
+            )
+        )
+
+    def release_orphans(self) -> list[tuple[str, str, str | None]]:
+        """Move started commits with no report and no live lease (their run died) to the
+        unsent set, where :meth:`unsent` finds them at once. Returns them."""
+        orphans = []
+        for member in self.client.smembers("ciq:started"):
+            rid, _, sha = member.partition(":")
+            found = self._commit_of(member)
+            if found is None:
+                self.client.srem("ciq:started", member)
+                continue
+            keys = [
+                self.report_key(found[0], sha), self._lease_key(rid, sha), "ciq:started",
+                "ciq:unsent",
+            ]  # fmt: skip
+            if self._orphan(keys=keys, args=[member]):
+                orphans.append(found)
+        return orphans
+
+    def try_lock(self, name: str, ttl: float) -> bool:
+        return bool(self.client.set(f"ciq:lock:{name}", "1", nx=True, px=int(ttl * 1000)))
+
+    # -- reading --------------------------------------------------------------------------
+
+    def report(self, repo: str, sha: str) -> Report | None:
+        raw = self.client.get(self.report_key(repo, sha))
+        if raw is None:
+            return None
+        return Report.from_dict(json.loads(raw)["result"])
+
+    def commit(self, repo: str, sha: str) -> dict[str, str]:
+        return self.client.hgetall(self._commit_key(repo_id(repo), sha))
+
+    def repos(self) -> list[str]:
+        return sorted(self.client.hvals("ciq:repos"))
+
+    def resolve(self, repo: str, prefix: str) -> str:
+        """The full SHA of the one known commit of ``repo`` starting with ``prefix``."""
+        rid = repo_id(repo)
+        if not self.client.hexists("ciq:repos", rid):
+            raise NotFound(f"ciq has no commits of {repo}; see `ciq status` for known repositories")
+        if len(prefix) == 40 and self.client.zscore(f"ciq:index:{rid}", prefix) is not None:
+            return prefix
+        matches = [
+            sha
+            for sha in self.client.zscan_iter(f"ciq:index:{rid}", match=f"{prefix}*", count=1000)
+        ]
+        shas = sorted({sha for sha, _ in matches})
+        if not shas:
+            raise NotFound(f"no commit of {repo} starts with {prefix}")
+        if len(shas) > 1:
+            raise NotFound(
+                f"{prefix} is ambiguous in {repo} ({len(shas)} commits); give more digits"
+            )
+        return shas[0]
+
+    def recent(self, repo: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest commits of a repository with their state and report (if final)."""
+        rid = repo_id(repo)
+        shas = self.client.zrevrange(f"ciq:index:{rid}", 0, limit - 1)
+        return self._rows(repo, shas)
+
+    def _rows(self, repo: str, shas: Iterable[str]) -> list[dict[str, Any]]:
+        shas = list(shas)
+        rid = repo_id(repo)
+        pipe = self.client.pipeline(transaction=False)
+        for sha in shas:
+            pipe.hgetall(self._commit_key(rid, sha))
+            pipe.exists(self._lease_key(rid, sha))
+            pipe.get(self.report_key(repo, sha))
+        replies = pipe.execute()
+        rows = []
+        for i, sha in enumerate(shas):
+            meta, leased, raw = replies[3 * i : 3 * i + 3]
+            report = Report.from_dict(json.loads(raw)["result"]) if raw else None
+            state = report.status if report else ("running" if leased else "queued")
+            rows.append({"sha": sha, "state": state, "meta": meta, "report": report})
+        return rows
+
+    # -- observer positions ---------------------------------------------------------------
+
+    def position(self, repo: str, branch: str) -> str | None:
+        return self.client.hget(f"ciq:position:{repo_id(repo)}", branch)
+
+    def set_position(self, repo: str, branch: str, sha: str) -> None:
+        self.client.hset(f"ciq:position:{repo_id(repo)}", branch, sha)

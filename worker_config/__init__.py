@@ -1,0 +1,1 @@
+"""Celery configuration of ciq workers; see :mod:`worker_config.celeryconfig`."""
