@@ -112,10 +112,9 @@ def _make_observer(settings: Settings, store: Store, repo: str, branches: tuple[
 
 
 def _dispatcher(settings: Settings, store: Store) -> Any:
-    from .celery import create_app
-    from .dispatch import Dispatcher, celery_sender
+    from .dispatch import Dispatcher
 
-    return Dispatcher(store, celery_sender(create_app(settings), settings.queue))
+    return Dispatcher.for_settings(settings, store)
 
 
 @cli.command()

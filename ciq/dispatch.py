@@ -1,10 +1,12 @@
 """Handing commits to the broker, once each.
 
 A commit is first *claimed* in Redis (atomically, with its metadata and its place in the
-repository's history), then sent as a Celery message, then marked sent. Claiming is
-what makes enqueueing idempotent: a second observer, a restarted observer or a repeated
-`ciq enqueue` finds the claim and sends nothing. If the enqueuer dies between the claim
-and the send, the commit stays in the unsent set and a worker's reconciler sends it.
+repository's history), then sent as a Celery message. Claiming is what makes enqueueing
+idempotent: a second observer, a restarted observer or a repeated `ciq enqueue` finds
+the claim and sends nothing. When the broker is the same Redis as the store (the
+default), claim and message are one atomic Lua step. Otherwise the commit sits in the
+store's unsent set until it is sent; if the enqueuer dies in between, a worker's
+reconciler sends it.
 """
 
 from __future__ import annotations
@@ -12,33 +14,61 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+import redis
+
 from .gitrepo import CommitInfo
+from .message import run_message
+from .settings import Settings
 from .store import Store, task_id
 
 logger = logging.getLogger(__name__)
 
 #: Name of the Celery task that tests one commit.
 RUN_TASK = "ciq.run"
+#: URL schemes redis-py opens directly; others (sentinel://) go through Celery.
+_DIRECT_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Sender(Protocol):
     def __call__(self, repo: str, sha: str, branch: str | None) -> None: ...
 
 
+class RedisSender:
+    """Pushes run messages straight onto the broker's Redis list for the queue."""
+
+    def __init__(self, client: redis.Redis, queue: str) -> None:
+        self.client = client
+        self.queue = queue
+
+    def message(self, repo: str, sha: str, branch: str | None) -> str:
+        return run_message(repo, sha, branch, self.queue, RUN_TASK)
+
+    def __call__(self, repo: str, sha: str, branch: str | None) -> None:
+        self.client.lpush(self.queue, self.message(repo, sha, branch))
+
+
 def celery_sender(app: Any, queue: str) -> Sender:
-    """A sender over a Celery app (taken as a parameter: this module imports no Celery)."""
+    """A sender over a Celery app, for brokers redis-py cannot open by URL (Sentinel)."""
 
     def send(repo: str, sha: str, branch: str | None) -> None:
         app.send_task(
-            RUN_TASK,
-            args=[repo, sha, branch],
-            task_id=task_id(repo, sha),
-            queue=queue,
-            # What Flower and `celery inspect` show instead of the full arguments.
+            RUN_TASK, args=[repo, sha, branch], task_id=task_id(repo, sha), queue=queue,
             argsrepr=f"({repo!r}, {sha[:12]!r}, {branch!r})",
-        )
+        )  # fmt: skip
 
     return send
+
+
+def make_sender(settings: Settings, store: Store) -> Sender:
+    if settings.broker_url == settings.result_backend:
+        return RedisSender(store.client, settings.queue)
+    if settings.broker_url.startswith(_DIRECT_SCHEMES):
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=10,
+                                      socket_connect_timeout=5)
+        return RedisSender(client, settings.queue)
+    from .celery import create_app
+
+    return celery_sender(create_app(settings), settings.queue)
 
 
 class Dispatcher:
@@ -46,13 +76,24 @@ class Dispatcher:
         self.store = store
         self.send = send
 
+    @classmethod
+    def for_settings(cls, settings: Settings, store: Store) -> Dispatcher:
+        return cls(store, make_sender(settings, store))
+
     def submit(self, repo: str, sha: str, branch: str | None, info: CommitInfo | None = None
                ) -> bool:
         """Enqueue one commit unless it was enqueued before. True if this call did."""
         meta = {"subject": info.subject, "author": info.author} if info else {}
-        if not self.store.claim(repo, sha, branch, meta):
-            return False
-        self.send(repo, sha, branch)
-        self.store.mark_sent(repo, sha)
+        atomic = isinstance(self.send, RedisSender) and self.send.client is self.store.client
+        if atomic:
+            assert isinstance(self.send, RedisSender)
+            push = (self.send.queue, self.send.message(repo, sha, branch))
+            if not self.store.claim(repo, sha, branch, meta, push=push):
+                return False
+        else:
+            if not self.store.claim(repo, sha, branch, meta):
+                return False
+            self.send(repo, sha, branch)
+            self.store.mark_sent(repo, sha)
         logger.info("dispatch: enqueued %s of %s (%s)", sha[:12], repo, branch or "-")
         return True

@@ -1,5 +1,9 @@
 """Git for ciq: validating what comes from outside, bare mirrors and per-run worktrees.
 
+Commands that fetch or check out run the git binary through :func:`_run` (fast to start:
+this module is on the push path of `ciq enqueue`); the observer reads commits and refs
+of its mirror through GitPython, imported only there.
+
 Nothing a user passes reaches git as an option: repositories, SHAs and revisions are
 checked here first, and revisions go after ``--end-of-options``. Every command runs
 with repository hooks disabled (``core.hooksPath=/dev/null``), without prompts, and
@@ -13,12 +17,11 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import git
 
 from .errors import BadInput, RepositoryError
 
@@ -88,15 +91,21 @@ def normalise_repo(repo: str) -> str:
 
 
 def _run(args: list[str], cwd: str | None = None, timeout: float | None = None) -> str:
+    """Run git with ciq's safe configuration; a failure is one-line RepositoryError."""
     cmd = ["git", *_GIT_CONFIG, *args]
     try:
-        return git.Git(cwd).execute(
-            cmd, env=_GIT_ENV, kill_after_timeout=timeout, strip_newline_in_stdout=True
-        )  # type: ignore[no-any-return]
-    except git.GitCommandError as exc:
-        stderr = (exc.stderr or "").strip().replace("\n", " ")
-        stderr = stderr.removeprefix("stderr: ").strip("' ")
-        raise RepositoryError(f"git {args[0]} failed: {stderr[:400] or exc.status}") from None
+        done = subprocess.run(
+            cmd, cwd=cwd, env={**os.environ, **_GIT_ENV}, stdin=subprocess.DEVNULL,
+            capture_output=True, timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RepositoryError(f"git {args[0]} took over {timeout:g}s; gave up") from None
+    except FileNotFoundError:
+        raise RepositoryError("git is not installed (apt-get install git)") from None
+    if done.returncode != 0:
+        stderr = done.stderr.decode(errors="replace").strip().replace("\n", " ")
+        raise RepositoryError(f"git {args[0]} failed: {stderr[:400] or done.returncode}")
+    return done.stdout.decode(errors="replace").rstrip("\n")
 
 
 def resolve(repo_path: str, rev: str) -> str:
@@ -183,9 +192,13 @@ class Mirror:
         if not self.has_commit(sha):
             raise RepositoryError(f"commit {sha} is not in {self.repo} (was history rewritten?)")
 
+    def _repo(self):  # type: ignore[no-untyped-def]
+        import git  # GitPython: only the observer reads commits this way
+
+        return git.Repo(self.path)
+
     def branches(self) -> dict[str, str]:
-        out = self._git("for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads")
-        return dict(line.split(" ", 1) for line in out.splitlines() if line)
+        return {head.name: head.commit.hexsha for head in self._repo().heads}
 
     def default_branch(self) -> str | None:
         try:
@@ -198,24 +211,17 @@ class Mirror:
         return None
 
     def is_ancestor(self, old: str, new: str) -> bool:
-        try:
-            self._git("merge-base", "--is-ancestor", "--end-of-options", old, new)
-            return True
-        except RepositoryError:
-            return False
+        return bool(self._repo().is_ancestor(validate_sha(old), validate_sha(new)))
 
     def new_commits(self, old: str, new: str, limit: int) -> list[CommitInfo]:
         """Commits reachable from ``new`` but not ``old``, oldest first (at most ``limit``,
         the newest ones)."""
-        out = self._git(
-            "log", f"--max-count={limit}", "--format=%H%x00%an%x00%s", "--end-of-options",
-            new, f"^{old}",
-        )  # fmt: skip
-        return [CommitInfo(*line.split("\x00", 2)) for line in reversed(out.splitlines()) if line]
+        rev = f"{validate_sha(old)}..{validate_sha(new)}"
+        commits = list(self._repo().iter_commits(rev, max_count=limit))
+        return [_info(c) for c in reversed(commits)]
 
     def info(self, sha: str) -> CommitInfo:
-        out = self._git("log", "-1", "--format=%H%x00%an%x00%s", "--end-of-options", sha)
-        return CommitInfo(*out.split("\x00", 2))
+        return _info(self._repo().commit(validate_sha(sha)))
 
     def add_worktree(self, path: Path, sha: str) -> None:
         """Check ``sha`` out into a new worktree at ``path`` (submodules left alone)."""
@@ -225,6 +231,11 @@ class Mirror:
     def prune_worktrees(self) -> None:
         with self.locked():
             self._git("worktree", "prune")
+
+
+def _info(commit) -> CommitInfo:  # type: ignore[no-untyped-def]
+    subject = commit.message.split("\n", 1)[0] if isinstance(commit.message, str) else ""
+    return CommitInfo(commit.hexsha, commit.author.name or "", subject)
 
 
 def remove_tree(path: Path) -> None:

@@ -117,6 +117,9 @@ def run_sandboxed(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         close_fds=True,
+        # Its own session: a signal to the worker's process group (kill -9 of a whole
+        # worker, Ctrl-C) must leave the supervisor alive to kill the test tree.
+        start_new_session=True,
     )
     out = OutputTail(output_limit)
     assert proc.stdout is not None

@@ -54,12 +54,20 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# KEYS: commit, index, unsent, repos, broker queue. ARGV: flat fields json, now ms, sha,
+# member, rid, repo, message. With a message (the broker is this same Redis) the claim
+# and the broker message are one atomic step; without, the commit waits in the unsent
+# set until the caller has sent it.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[7])
+else
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+end
 return 1
 """
 
@@ -163,8 +171,14 @@ class Store:
 
     # -- enqueueing -----------------------------------------------------------------------
 
-    def claim(self, repo: str, sha: str, branch: str | None, meta: dict[str, str]) -> bool:
-        """Record a commit as seen, once. False when it was claimed before (by anyone)."""
+    def claim(self, repo: str, sha: str, branch: str | None, meta: dict[str, str],
+              push: tuple[str, str] | None = None) -> bool:
+        """Record a commit as seen, once. False when it was claimed before (by anyone).
+
+        ``push`` is (queue, broker message) when the broker is this Redis: the message is
+        then pushed in the same atomic step. Otherwise the caller sends it and calls
+        :meth:`mark_sent`.
+        """
         rid = repo_id(repo)
         fields = {
             **{k: v for k, v in meta.items() if v is not None},
@@ -177,8 +191,14 @@ class Store:
         flat = [x for kv in fields.items() for x in kv]
         return bool(
             self._claim(
-                keys=[self._commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos"],
-                args=[json.dumps(flat), _now_ms(), sha, f"{rid}:{sha}", rid, repo],
+                keys=[
+                    self._commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos",
+                    push[0] if push else "ciq:none",
+                ],
+                args=[
+                    json.dumps(flat), _now_ms(), sha, f"{rid}:{sha}", rid, repo,
+                    push[1] if push else "",
+                ],
             )
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from .dispatch import celery_sender
+from .dispatch import make_sender
 from .reconciler import reconcile
 from .runner import sweep_stale_runs
 from .store import Store
@@ -35,7 +35,7 @@ class Housekeeping(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         settings = worker.app.ciq_settings
         store = Store.from_url(settings.result_backend)
-        send = celery_sender(worker.app, settings.queue)
+        send = make_sender(settings, store)
         self._thread = threading.Thread(
             target=self._loop, args=(settings, store, send), name="ciq-housekeeping",
             daemon=True,
