@@ -1,0 +1,297 @@
+"""Fixtures with real parts: a private redis-server, real git repositories, real
+``celery -A ciq worker`` and ``ciq observe`` subprocesses configured through ``CIQ_*``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from ciq.report import Report
+from ciq.settings import Settings
+from ciq.store import Store
+
+REDIS_MISSING = (
+    "redis-server is not installed; install it with `apt-get install -y redis-server` "
+    "(scripts/test does this for you)"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str,
+             interval: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process we started (its whole session), by pid."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+@dataclass
+class RedisServer:
+    """A redis-server of our own, on a free port; never one we did not start."""
+
+    directory: Path
+    appendonly: bool = False
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail(REDIS_MISSING)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                str(self.directory), "--save", "", "--protected-mode", "yes",
+                "--appendonly", "yes" if self.appendonly else "no"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
+        client = redis.Redis(port=self.port)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_for(up, 10, f"redis-server on port {self.port}")
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, with every database emptied for this test."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def settings(redis_url: str, data_dir: Path) -> Settings:
+    return Settings(broker_url=redis_url, result_backend=redis_url, data_dir=data_dir,
+                    lease_ttl=2.0, reconcile_interval=0.5)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Store]:
+    s = Store.from_url(settings.result_backend)
+    yield s
+    s.client.close()
+
+
+def ciq_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ciq process: this one's, less any CIQ_* from outside."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIQ_")}
+    env.update(
+        CIQ_BROKER_URL=settings.broker_url,
+        CIQ_RESULT_BACKEND=settings.result_backend,
+        CIQ_DATA_DIR=str(settings.data_dir),
+        CIQ_LEASE_TTL=str(settings.lease_ttl),
+        CIQ_RECONCILE_INTERVAL=str(settings.reconcile_interval),
+    )
+    env.update(extra)
+    return env
+
+
+class GitRepo:
+    """A real git repository in a temporary folder that tests commit files into."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True)
+        self.git("init", "-q", "-b", "main")
+        self.git("config", "user.email", "dev@example.org")
+        self.git("config", "user.name", "Dev")
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def commit(self, files: dict[str, str], message: str = "change") -> str:
+        for name, text in files.items():
+            target = self.path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        return self.head()
+
+    def head(self) -> str:
+        return self.git("rev-parse", "HEAD")
+
+
+@pytest.fixture
+def make_repo(tmp_path: Path) -> Callable[..., GitRepo]:
+    counter = iter(range(1000))
+
+    def make(files: dict[str, str] | None = None, message: str = "initial") -> GitRepo:
+        repo = GitRepo(tmp_path / f"repo{next(counter)}")
+        if files is not None:
+            repo.commit(files, message)
+        return repo
+
+    return make
+
+
+PASSING = {"tests/test_ok.py": "def test_ok():\n    assert True\n"}
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pool_pids(self) -> list[int]:
+        return children(self.pid)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
+                found.append(int(name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] != b"Z"
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real `celery -A ciq worker` processes; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(name: str = "w1", concurrency: int = 1, data_dir: Path | None = None,
+              **env: str) -> WorkerProcess:
+        log = tmp_path / f"worker-{name}-{len(started)}.log"
+        environ = ciq_env(settings, **env)
+        if data_dir is not None:
+            environ["CIQ_DATA_DIR"] = str(data_dir)
+        cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
+               f"--concurrency={concurrency}", f"--hostname={name}@%h",
+               "--without-mingle", "--without-gossip"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, env=environ, cwd=tmp_path, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        w = WorkerProcess(name, proc, log)
+        started.append(w)
+        try:
+            wait_for(lambda: " ready." in w.log_text() or proc.poll() is not None, 30,
+                     f"worker {name} to start")
+        except AssertionError:
+            pass
+        if proc.poll() is not None or " ready." not in w.log_text():
+            pytest.fail(f"worker {name} did not start:\n{w.log_text()[-3000:]}")
+        return w
+
+    yield start
+    for w in started:
+        stop_process(w.proc)
+
+
+@pytest.fixture
+def observer(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """Start real `ciq observe` daemons; all are stopped after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(repo: str, *args: str) -> subprocess.Popen:
+        log = open(tmp_path / f"observer-{len(started)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ciq.cli", "observe", repo, *args],
+            env=ciq_env(settings), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        stop_process(proc)
+
+
+def run_ciq(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ciq.cli", *args], env=ciq_env(settings),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_report(store: Store, repo: str, sha: str, timeout: float = 60) -> Report:
+    found = wait_for(lambda: store.report(repo, sha), timeout, f"report of {sha[:12]}")
+    assert isinstance(found, Report)
+    return found
