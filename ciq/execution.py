@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from .report import Report, utcnow
-from .runner import RunPlan, test_commit
+from .runner import RunPlan, run_commit
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def execute(
             )  # fmt: skip
             with Heartbeat(store, repo, sha, run_id, lease_ttl):
                 try:
-                    report = test_commit(plan)
+                    report = run_commit(plan)
                 except Exception as exc:  # a ciq bug must not loop the commit forever
                     logger.exception("run %s: internal error on %s", run_id, sha[:12])
                     report = Report(

@@ -90,9 +90,10 @@ def normalise_repo(repo: str) -> str:
     return str(path.resolve())
 
 
-def _run(args: list[str], cwd: str | None = None, timeout: float | None = None) -> str:
+def _run(args: list[str], cwd: str | None = None, timeout: float | None = None,
+         git_dir: Path | None = None) -> str:
     """Run git with ciq's safe configuration; a failure is one-line RepositoryError."""
-    cmd = ["git", *_GIT_CONFIG, *args]
+    cmd = ["git", *_GIT_CONFIG, *(["--git-dir", str(git_dir)] if git_dir else []), *args]
     try:
         done = subprocess.run(
             cmd, cwd=cwd, env={**os.environ, **_GIT_ENV}, stdin=subprocess.DEVNULL,
@@ -103,8 +104,9 @@ def _run(args: list[str], cwd: str | None = None, timeout: float | None = None) 
     except FileNotFoundError:
         raise RepositoryError("git is not installed (apt-get install git)") from None
     if done.returncode != 0:
-        stderr = done.stderr.decode(errors="replace").strip().replace("\n", " ")
-        raise RepositoryError(f"git {args[0]} failed: {stderr[:400] or done.returncode}")
+        lines = done.stderr.decode(errors="replace").strip().splitlines()
+        first = lines[0].removeprefix("fatal: ").removeprefix("error: ") if lines else ""
+        raise RepositoryError(f"git {args[0]} failed: {first[:300] or done.returncode}")
     return done.stdout.decode(errors="replace").rstrip("\n")
 
 
@@ -154,13 +156,13 @@ class Mirror:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _git(self, *args: str, timeout: float | None = None) -> str:
-        return _run(["--git-dir", str(self.path), *args], timeout=timeout)
+        return _run(list(args), timeout=timeout, git_dir=self.path)
 
     def _create(self) -> None:
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         _run(["init", "--quiet", "--bare", str(tmp)])
-        _run(["--git-dir", str(tmp), "remote", "add", "origin", "--", self.repo])
+        _run(["remote", "add", "origin", "--", self.repo], git_dir=tmp)
         # Renamed into place only once set up, so a half-made mirror is never used.
         os.rename(tmp, self.path)
 

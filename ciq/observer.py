@@ -58,7 +58,6 @@ class Observer:
             try:
                 result.enqueued += self.poll_one(watch)
             except CiqError as exc:
-                logger.error("observer %s: %s", watch.repo, exc)
                 result.errors.append(f"{watch.repo}: {exc}")
         return result
 
@@ -119,7 +118,8 @@ class Observer:
         logger.info("observer: watching %d repositories every %gs", len(self.watches), interval)
         while not stop.is_set():
             try:
-                self.poll()
+                for error in self.poll().errors:
+                    logger.error("observer %s; retrying in %gs", error, interval)
             except Exception:  # Redis away and the like: keep the daemon alive
                 logger.exception("observer: poll failed; retrying in %gs", interval)
             stop.wait(interval)

@@ -80,7 +80,7 @@ class OutputTail:
         return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
 
 
-def test_environment(environ: dict[str, str]) -> dict[str, str]:
+def run_environment(environ: dict[str, str]) -> dict[str, str]:
     """The environment of the code under test: the worker's, less ciq's and Celery's."""
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_ENV_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
@@ -235,7 +235,7 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
     )
 
 
-def test_commit(plan: RunPlan) -> Report:
+def run_commit(plan: RunPlan) -> Report:
     """Check the commit out into a fresh worktree, run its tests, and report."""
     started_at, t0 = utcnow(), time.monotonic()
     base = dict(
@@ -273,7 +273,7 @@ def test_commit(plan: RunPlan) -> Report:
         junit_path = run_dir / "junit.xml"
         cmd = default_command(junit_path)
         done = run_sandboxed(
-            cmd, worktree, test_environment(dict(os.environ)), plan.time_limit,
+            cmd, worktree, run_environment(dict(os.environ)), plan.time_limit,
             plan.output_limit, run_dir / "pgid",
         )  # fmt: skip
         junit_error = None

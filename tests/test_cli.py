@@ -1,0 +1,137 @@
+"""The `ciq` command as a user types it: clear one-line errors, readable output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ciq.report import Report, Summary, TestResult
+from ciq.settings import Settings
+from ciq.store import Store
+
+from .conftest import PASSING, free_port, run_ciq
+
+
+def assert_one_line_error(done, *words: str) -> None:
+    assert done.returncode != 0, done.stdout
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_enqueue_a_path_that_is_not_there(settings: Settings) -> None:
+    assert_one_line_error(run_ciq(settings, "enqueue", "/no/such/repo"), "no such directory")
+
+
+def test_enqueue_a_folder_that_is_not_a_repository(settings: Settings, tmp_path: Path) -> None:
+    assert_one_line_error(run_ciq(settings, "enqueue", str(tmp_path)), "not a git repository")
+
+
+def test_enqueue_an_unknown_commit(settings: Settings, make_repo) -> None:
+    repo = make_repo(PASSING)
+    done = run_ciq(settings, "enqueue", str(repo.path), "0123456789abcdef0123456789abcdef01234567")
+    assert_one_line_error(done, "not a commit")
+
+
+def test_a_revision_shaped_like_an_option_never_reaches_git(
+    settings: Settings, make_repo, tmp_path: Path
+) -> None:
+    repo = make_repo(PASSING)
+    pwned = tmp_path / "pwned"
+    for rev in (f"--output={pwned}", "--upload-pack=touch " + str(pwned)):
+        assert_one_line_error(run_ciq(settings, "enqueue", str(repo.path), "--", rev),
+                              "not a valid revision")
+    assert not pwned.exists()
+
+
+def test_a_repository_shaped_like_an_option(settings: Settings) -> None:
+    assert_one_line_error(run_ciq(settings, "enqueue", "--", "--upload-pack=x"),
+                          "not a repository")
+
+
+def test_observe_once_on_a_folder_that_is_not_a_repository(
+    settings: Settings, tmp_path: Path
+) -> None:
+    done = run_ciq(settings, "observe", str(tmp_path), "--once")
+    assert_one_line_error(done, str(tmp_path), "git fetch failed")
+
+
+def test_observe_once_enqueues_the_head(settings: Settings, make_repo, store: Store) -> None:
+    repo = make_repo(PASSING)
+    done = run_ciq(settings, "observe", str(repo.path), "--once")
+    assert done.returncode == 0, done.stderr
+    assert "enqueued 1 commits" in done.stdout
+    assert store.commit(str(repo.path), repo.head())["subject"] == "initial"
+    again = run_ciq(settings, "observe", str(repo.path), "--once")
+    assert "enqueued 0 commits" in again.stdout
+
+
+def test_report_of_a_bad_or_unknown_sha(settings: Settings, make_repo) -> None:
+    repo = make_repo(PASSING)
+    assert_one_line_error(run_ciq(settings, "report", str(repo.path), "xyz!"),
+                          "not a commit id")
+    assert_one_line_error(run_ciq(settings, "report", str(repo.path), "abcdef"),
+                          "has no commits")
+    done = run_ciq(settings, "report", str(repo.path), "abcd", "--json", "--junit")
+    assert_one_line_error(done, "choose one")
+
+
+def test_unreachable_redis_is_one_line(settings: Settings) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    gone = Settings(broker_url=dead, result_backend=dead, data_dir=settings.data_dir)
+    assert_one_line_error(run_ciq(gone, "status"), "cannot reach Redis")
+
+
+def test_a_bad_setting_is_one_line(settings: Settings) -> None:
+    bad = Settings(broker_url=settings.broker_url, result_backend=settings.result_backend,
+                   data_dir=settings.data_dir)
+    import subprocess
+    import sys
+
+    from .conftest import ciq_env
+
+    done = subprocess.run([sys.executable, "-m", "ciq.cli", "status"],
+                          env=ciq_env(bad, CIQ_TIME_LIMIT="forever"), capture_output=True,
+                          text=True)
+    assert_one_line_error(done, "CIQ_TIME_LIMIT")
+
+
+@pytest.fixture
+def reported(store: Store, make_repo) -> tuple[str, str]:
+    repo = make_repo(PASSING)
+    sha = repo.head()
+    store.claim(str(repo.path), sha, "main", {"subject": "add <b>bold</b> \x1b[31mred",
+                                              "author": "Dev"})
+    tests = (TestResult("tests/test_a.py::test_ok", "passed", 0.01),
+             TestResult("tests/test_a.py::test_bad", "failed", 0.02, "AssertionError: nope"))
+    store.finish(Report(repo=str(repo.path), commit=sha, status="failed", branch="main",
+                        tests=tests, summary=Summary.of(list(tests)), duration=1.5,
+                        worker="w1@host", output="\x1b]0;evil title\x07 tail"))
+    return str(repo.path), sha
+
+
+def test_status_table_and_json(settings: Settings, reported: tuple[str, str]) -> None:
+    repo, sha = reported
+    table = run_ciq(settings, "status", repo)
+    assert table.returncode == 0
+    row = table.stdout.splitlines()[2]
+    assert row.split()[:6] == [sha[:12], "main", "failed", "1", "1", "1.5s"]
+    assert "\x1b" not in table.stdout  # no escape sequences from a commit message
+    rows = json.loads(run_ciq(settings, "status", "--json").stdout)
+    assert rows[0]["commit"] == sha and rows[0]["summary"]["failed"] == 1
+
+
+def test_report_text_shows_the_failure_first(settings: Settings, reported) -> None:
+    repo, sha = reported
+    done = run_ciq(settings, "report", repo, sha[:7])
+    assert done.returncode == 0
+    assert done.stdout.startswith("FAILED  " + sha)
+    assert "FAILED tests/test_a.py::test_bad" in done.stdout
+    assert "AssertionError: nope" in done.stdout
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    as_json = json.loads(run_ciq(settings, "report", repo, sha, "--json").stdout)
+    assert as_json["status"] == "failed" and as_json["summary"]["total"] == 2

@@ -1,0 +1,105 @@
+"""The Redis state of ciq, against a real redis-server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+from ciq.dispatch import Dispatcher, RedisSender
+from ciq.message import run_message
+from ciq.report import Report
+from ciq.settings import Settings
+from ciq.store import Store, task_id
+
+REPO = "/srv/repo"
+SHA = "a" * 40
+
+
+def test_a_commit_is_claimed_once_with_its_message(store: Store, settings: Settings) -> None:
+    dispatcher = Dispatcher.for_settings(settings, store)
+    assert dispatcher.submit(REPO, SHA, "main") is True
+    assert dispatcher.submit(REPO, SHA, "main") is False
+    assert store.client.llen(settings.queue) == 1
+    assert store.commit(REPO, SHA)["branch"] == "main"
+    assert store.client.zcard("ciq:unsent") == 0  # claim and message were one step
+
+
+def test_without_the_atomic_path_an_unsent_claim_is_found(store: Store) -> None:
+    # Given an enqueuer that claimed a commit and died before sending it
+    assert store.claim(REPO, SHA, "main", {})
+    assert store.unsent(older_than=3600) == []
+    # Then after the grace period the reconciler finds it
+    assert store.unsent(older_than=0) == [(REPO, SHA, "main")]
+    store.mark_sent(REPO, SHA)
+    assert store.unsent(older_than=0) == []
+
+
+def test_lease_excludes_a_second_run_and_expires(store: Store) -> None:
+    store.claim(REPO, SHA, "main", {})
+    assert store.acquire(REPO, SHA, "run1", 0.3, "w1") == 1
+    assert store.acquire(REPO, SHA, "run2", 0.3, "w2") == 0
+    assert store.renew(REPO, SHA, "run1", 0.3) and not store.renew(REPO, SHA, "run2", 0.3)
+    time.sleep(0.4)
+    assert store.acquire(REPO, SHA, "run2", 5, "w2") == 2  # the holder stopped renewing
+    store.release(REPO, SHA, "run1")  # a stale holder cannot release it
+    assert store.lease_holder(REPO, SHA) == "run2"
+
+
+def test_final_report_is_written_once(store: Store) -> None:
+    store.claim(REPO, SHA, "main", {})
+    first = Report(repo=REPO, commit=SHA, status="passed", run_id="r1")
+    assert store.finish(first)
+    assert not store.finish(first.replace(status="failed", run_id="r2"))
+    assert store.report(REPO, SHA) == first
+    assert store.acquire(REPO, SHA, "late", 5, "w") == -1  # no run after the report
+
+
+def test_orphans_are_runs_without_report_and_lease(store: Store) -> None:
+    store.claim(REPO, SHA, "main", {})
+    other = "b" * 40
+    store.claim(REPO, other, "main", {})
+    store.acquire(REPO, SHA, "dead", 0.2, "w1")
+    store.acquire(REPO, other, "alive", 30, "w2")
+    time.sleep(0.3)
+    assert store.release_orphans() == [(REPO, SHA, "main")]
+    assert store.release_orphans() == []  # handed back once
+    assert store.unsent(older_than=1) == [(REPO, SHA, "main")]
+
+
+def test_prefixes_resolve_to_one_known_commit(store: Store) -> None:
+    store.claim(REPO, "abcd" + "1" * 36, None, {})
+    store.claim(REPO, "abce" + "2" * 36, None, {})
+    assert store.resolve(REPO, "abcd") == "abcd" + "1" * 36
+    for prefix, words in (("abc", "ambiguous"), ("ffff", "no commit")):
+        try:
+            store.resolve(REPO, prefix)
+        except Exception as exc:
+            assert words in str(exc)
+        else:
+            raise AssertionError("resolved")
+
+
+def test_our_message_is_the_one_celery_sends(store: Store, settings: Settings) -> None:
+    # Given the same run sent by Celery's own send_task
+    from ciq.celery import create_app
+    from ciq.dispatch import celery_sender
+
+    app = create_app(settings)
+    celery_sender(app, "q")(REPO, SHA, "main")
+    theirs = json.loads(store.client.lpop("q"))
+    RedisSender(store.client, "q")(REPO, SHA, "main")
+    ours = json.loads(store.client.lpop("q"))
+    # Then the payloads agree on everything but per-send values
+    volatile = {"delivery_tag", "reply_to", "argsrepr", "origin"}
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
+        base64.b64decode(theirs["body"]))
+    assert set(ours) == set(theirs)
+    for part in ("headers", "properties"):
+        mine = {k: v for k, v in ours[part].items() if k not in volatile}
+        celery = {k: v for k, v in theirs[part].items() if k not in volatile}
+        assert mine == celery, part
+    assert ours["headers"]["id"] == task_id(REPO, SHA)
+    assert json.loads(run_message(REPO, SHA, None, "q", "ciq.run"))["properties"][
+        "delivery_info"] == {"exchange": "", "routing_key": "q"}
+    app.pool.force_close_all()
