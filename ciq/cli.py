@@ -296,6 +296,32 @@ def _print_report(r: Any, colour: bool) -> None:
         click.echo(_printable(r.output)[-8000:])
 
 
+@cli.command()
+@click.argument("repo", required=False)
+@click.option("--once", is_flag=True,
+              help="Stop after the reports of the first poll (exit 1 if one is red).")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between polls.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Test runs at once.")
+def up(repo: str | None, once: bool, interval: float, concurrency: int) -> None:
+    """Run Redis, a worker and an observer on REPO here (a sample project without REPO).
+
+    Uses a private redis-server under CIQ_DATA_DIR unless CIQ_BROKER_URL is set.
+    """
+    from .up import up as run_up
+
+    settings = _settings()
+    colour = sys.stdout.isatty()
+
+    def show(found: object) -> None:
+        click.echo("")
+        _print_report(found, colour)
+        click.echo("")
+
+    sys.exit(run_up(settings, repo, once, interval, concurrency, click.echo, show))
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -1,0 +1,215 @@
+"""`ciq up`: everything on one machine for a first try.
+
+Starts a private ``redis-server`` (data under ``CIQ_DATA_DIR/redis``, append-only file on,
+bound to 127.0.0.1; never a Redis it did not start) unless ``CIQ_BROKER_URL`` is set, a
+worker, and an observer on the repository (a sample repository when none is given);
+prints each report as it lands. Ctrl-C stops everything it started, by pid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import CiqError
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+#: Port tried first for the private Redis, so that `ciq status` finds it next time too.
+PREFERRED_PORT = 6389
+
+SAMPLE_FILES = {
+    "README.md": "# ciq sample\n\nA tiny project that `ciq up` creates to show a report.\n",
+    "sample/__init__.py": "def add(a, b):\n    return a + b\n",
+    "tests/test_sample.py": (
+        "import pytest\n\nfrom sample import add\n\n\n"
+        "def test_add():\n    assert add(2, 3) == 5\n\n\n"
+        "def test_add_strings():\n    assert add('c', 'i') + 'q' == 'ciq'\n\n\n"
+        "@pytest.mark.parametrize('n', [0, 1, 2])\n"
+        "def test_add_zero(n):\n    assert add(n, 0) == n\n\n\n"
+        "@pytest.mark.skip(reason='shows how a skip looks')\n"
+        "def test_later():\n    pass\n"
+    ),
+}
+
+
+class UpError(CiqError):
+    """Raised when `ciq up` cannot start a part of the system."""
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_port() -> int:
+    if _port_free(PREFERRED_PORT):
+        return PREFERRED_PORT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def private_redis(data_dir: Path) -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise UpError("redis-server is not installed: `sudo apt-get install redis-server`, "
+                      "or set CIQ_BROKER_URL to a Redis of your own")
+    directory = data_dir / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction",
+         "--logfile", str(directory / "redis.log")],
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis(port=port)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise UpError(f"redis-server did not start; see {directory / 'redis.log'}")
+                time.sleep(0.05)
+        client.close()
+        yield url
+    finally:
+        _stop(proc)
+
+
+@contextmanager
+def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[None]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CIQ_")}
+    env.update(CIQ_BROKER_URL=settings.broker_url, CIQ_RESULT_BACKEND=settings.result_backend,
+               CIQ_DATA_DIR=str(settings.data_dir))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
+             f"--concurrency={concurrency}", "--hostname=local@%h",
+             "--without-mingle", "--without-gossip"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield
+    finally:
+        _stop(proc)
+
+
+def sample_repo(data_dir: Path) -> Path:
+    """A small git repository with one commit, made once under the data folder."""
+    path = data_dir / "sample"
+    if (path / ".git").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    for name, text in SAMPLE_FILES.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    ident = ["-c", "user.name=ciq", "-c", "user.email=ciq@localhost"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 [*ident, "commit", "-q", "-m", "Add the sample project"]):
+        subprocess.run(["git", *args], cwd=path, check=True, capture_output=True)
+    return path
+
+
+def up(settings: Settings, repo: str | None, once: bool, interval: float, concurrency: int,
+       echo: Callable[[str], None], show: Callable[[object], None]) -> int:
+    """Run the local system; returns the exit status (0, or 1 when a report is red)."""
+    from .dispatch import Dispatcher
+    from .gitrepo import normalise_repo
+    from .observer import Observer, Watch
+    from .store import Store
+
+    own_redis = "CIQ_BROKER_URL" not in os.environ
+    name = normalise_repo(repo) if repo else str(sample_repo(settings.data_dir))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with private_redis(settings.data_dir) if own_redis else _given(settings.broker_url) as url:
+        if own_redis:
+            settings = replace(settings, broker_url=url, result_backend=url)
+            echo(f"ciq: private Redis at {url} (data in {settings.data_dir / 'redis'})")
+            echo(f"     in another shell: export CIQ_BROKER_URL={url}; ciq status")
+        log = settings.data_dir / "logs" / "worker.log"
+        with worker_process(settings, log, concurrency):
+            echo(f"ciq: worker started (log: {log})")
+            store = Store.from_url(settings.result_backend)
+            observer = Observer([Watch(name)], store, Dispatcher.for_settings(settings, store),
+                                settings.data_dir)
+            echo(f"ciq: watching {name} every {interval:g}s; Ctrl-C stops everything")
+            return _follow(store, observer, name, once, interval, stop, echo, show)
+
+
+@contextmanager
+def _given(url: str) -> Iterator[str]:
+    yield url
+
+
+def _follow(store, observer, name, once, interval, stop, echo, show) -> int:  # type: ignore[no-untyped-def]
+    pending: set[str] = set()
+    status = 0
+    while not stop.is_set():
+        result = observer.poll()
+        for error in result.errors:
+            echo(f"ciq: {error}")
+        pending.update(result.enqueued)
+        if once and not pending:
+            pending.update(row["sha"] for row in store.recent(name, 1)
+                           if row["state"] in ("queued", "running"))
+            if not pending:  # nothing new: show the latest report there is
+                latest = store.recent(name, 1)
+                if latest and latest[0]["report"]:
+                    show(latest[0]["report"])
+                    return 0 if latest[0]["report"].status == "passed" else 1
+                if result.errors:
+                    return 1
+        deadline = time.monotonic() + interval
+        while pending and time.monotonic() < deadline and not stop.is_set():
+            for sha in sorted(pending):
+                report = store.report(name, sha)
+                if report is not None:
+                    pending.discard(sha)
+                    show(report)
+                    status = status or (0 if report.status == "passed" else 1)
+            time.sleep(0.1)
+        if once and not pending:
+            return status
+        stop.wait(max(0.0, deadline - time.monotonic()))
+    echo("ciq: stopping")
+    return status
