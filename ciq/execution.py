@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from .report import Report, utcnow
-from .runner import RunPlan, run_commit
+from .runner import RunPlan, clean_up, run_commit
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ def execute(
     if attempt == 0:
         logger.info("run %s: %s is being run elsewhere; standing down", run_id, sha[:12])
         return None
+    plan: RunPlan | None = None
     try:
         if attempt > max_attempts:
             report = Report(
@@ -119,3 +120,5 @@ def execute(
         return None
     finally:
         store.release(repo, sha, run_id)
+        if plan is not None:
+            clean_up(plan)

@@ -236,7 +236,10 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
 
 
 def run_commit(plan: RunPlan) -> Report:
-    """Check the commit out into a fresh worktree, run its tests, and report."""
+    """Check the commit out into a fresh worktree, run its tests, and report.
+
+    The caller calls :func:`clean_up` afterwards (this function does only on errors).
+    """
     started_at, t0 = utcnow(), time.monotonic()
     base = dict(
         repo=plan.repo, commit=plan.sha, branch=plan.branch, started_at=started_at,
@@ -288,9 +291,16 @@ def run_commit(plan: RunPlan) -> Report:
             status, message, summary=summary, tests=tuple(tests), output=done.output,
             command=shlex.join(["python", *cmd[1:]]), exit_code=done.exit_code,
         )  # fmt: skip
-    finally:
-        remove_tree(run_dir)
-        try:
-            mirror.prune_worktrees()
-        except CiqError as exc:
-            logger.warning("runner: could not prune worktrees of %s: %s", plan.repo, exc)
+    except BaseException:
+        clean_up(plan)
+        raise
+
+
+def clean_up(plan: RunPlan) -> None:
+    """Delete a run's folder and worktree; called once its report is stored, since a
+    report delayed by clean-up is feedback delayed."""
+    remove_tree(_runs_dir(plan.data_dir) / plan.run_id)
+    try:
+        mirror_for(plan.data_dir, plan.repo).prune_worktrees()
+    except CiqError as exc:
+        logger.warning("runner: could not prune worktrees of %s: %s", plan.repo, exc)

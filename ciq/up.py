@@ -105,7 +105,8 @@ def private_redis(data_dir: Path) -> Iterator[str]:
                 break
             except redis.ConnectionError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise UpError(f"redis-server did not start; see {directory / 'redis.log'}")
+                    log = directory / "redis.log"
+                    raise UpError(f"redis-server did not start; see {log}") from None
                 time.sleep(0.05)
         client.close()
         yield url

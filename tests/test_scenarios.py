@@ -283,3 +283,58 @@ def _env(settings: Settings) -> dict[str, str]:
     from .conftest import ciq_env
 
     return ciq_env(settings)
+
+
+POISON = """\
+import os, time
+
+def test_kills_the_worker_process():
+    supervisor = os.getppid()
+    with open(f"/proc/{supervisor}/stat") as fh:
+        pool_process = int(fh.read().rsplit(")", 1)[1].split()[1])
+    os.kill(pool_process, 9)
+    time.sleep(30)
+"""
+
+
+def test_a_commit_that_keeps_killing_its_worker_gets_an_error_report(
+    make_repo, worker, store: Store, settings: Settings
+):
+    # Given a worker allowing 2 attempts, a poison commit, and a good commit behind it
+    repo = make_repo({"tests/test_poison.py": POISON})
+    poison = repo.head()
+    worker(CIQ_MAX_ATTEMPTS="2")
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    good = repo.commit({"tests/test_poison.py": "def test_fine():\n    pass\n"}, "cure")
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+
+    # Then the poison commit stops after 2 runs with an error report that says why
+    report = wait_report(store, str(repo.path), poison, timeout=60)
+    assert report.status == "error"
+    assert report.attempts == 2 and "gave up after 2 attempts" in report.message
+    # And the commit behind it is not starved
+    assert wait_report(store, str(repo.path), good, timeout=60).status == "passed"
+
+
+def test_flower_starts_with_the_ciq_app(settings: Settings, tmp_path: Path):
+    import sys
+    import urllib.request
+
+    from .conftest import ciq_env, free_port, stop_process
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "ciq", "flower", f"--port={port}",
+         "--address=127.0.0.1"], env=ciq_env(settings), cwd=tmp_path,
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck") as r:
+                    return r.read() == b"OK"
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "flower to answer")
+    finally:
+        stop_process(proc)

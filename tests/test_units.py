@@ -103,3 +103,18 @@ def test_test_environment_hides_ciq_and_celery_variables() -> None:
                             "CELERY_BROKER_URL": "x", "HOME": "/root"})
     assert env["PATH"] == "/bin" and env["HOME"] == "/root"
     assert not [k for k in env if k.startswith(("CIQ_", "CELERY_"))]
+
+
+def test_celery_configuration_keeps_its_promises() -> None:
+    from ciq.celery import create_app
+
+    s = Settings(time_limit=120)
+    conf = create_app(s).conf
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_default_queue == "ciq"
+    assert s.time_limit < conf.task_soft_time_limit < conf.task_time_limit
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert conf.worker_hijack_root_logger is False
+    assert conf.result_expires is None
