@@ -126,7 +126,7 @@ def enqueue(repo: str, rev: str | None) -> None:
     Meant for git hooks: `ciq enqueue "$PWD"` in post-commit, or with the pushed SHA in
     post-receive.
     """
-    from .gitrepo import CommitInfo, current_branch, resolve, validate_rev, validate_sha
+    from .gitrepo import describe, validate_sha
 
     settings = _settings()
     repo = _repo_arg(repo)
@@ -135,20 +135,8 @@ def enqueue(repo: str, rev: str | None) -> None:
             fail("give the commit to test as a full SHA when REPO is a URL")
         sha, branch, info = validate_sha(rev), None, None
     else:
-        validate_rev(rev or "HEAD")
-        sha = resolve(repo, rev or "HEAD")
-        branch = current_branch(repo) if rev in (None, "HEAD") else None
-        if branch is None and rev and not rev.startswith(sha[: len(rev)]):
-            branch = rev.removeprefix("refs/heads/")
-        info = CommitInfo(sha, "", "")
-        try:
-            from .gitrepo import _run
-
-            author, subject = _run(["log", "-1", "--format=%an%x00%s", sha], cwd=repo).split(
-                "\x00", 1)
-            info = CommitInfo(sha, author, subject)
-        except CiqError:
-            pass
+        info, branch = describe(repo, rev or "HEAD")
+        sha = info.sha
     store = _store(settings)
     if not _dispatcher(settings, store).submit(repo, sha, branch, info):
         click.echo(f"ciq: {sha[:12]} was enqueued before; see `ciq report {repo} {sha[:12]}`",

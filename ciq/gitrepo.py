@@ -110,30 +110,31 @@ def _run(args: list[str], cwd: str | None = None, timeout: float | None = None,
     return done.stdout.decode(errors="replace").rstrip("\n")
 
 
-def resolve(repo_path: str, rev: str) -> str:
-    """The commit id ``rev`` names in a local repository (read-only, no fetch)."""
-    validate_rev(rev)
-    if not (Path(repo_path) / ".git").exists() and not (Path(repo_path) / "HEAD").exists():
-        raise BadInput(f"{repo_path} is not a git repository")
-    try:
-        return _run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}"],
-                    cwd=repo_path)
-    except RepositoryError:
-        raise BadInput(f"{rev} is not a commit in {repo_path}") from None
-
-
-def current_branch(repo_path: str) -> str | None:
-    try:
-        return _run(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=repo_path) or None
-    except RepositoryError:
-        return None
-
-
 @dataclass(frozen=True)
 class CommitInfo:
     sha: str
     author: str
     subject: str
+
+
+def describe(repo_path: str, rev: str) -> tuple[CommitInfo, str | None]:
+    """The commit ``rev`` names in a local repository, and the branch when ``rev`` is
+    one (or HEAD on a branch). Read-only: no fetch, the working tree untouched."""
+    validate_rev(rev)
+    if not (Path(repo_path) / ".git").exists() and not (Path(repo_path) / "HEAD").exists():
+        raise BadInput(f"{repo_path} is not a git repository")
+    try:
+        out = _run(["log", "-1", "--format=%H%x00%an%x00%s", "--end-of-options",
+                    f"{rev}^{{commit}}"], cwd=repo_path)
+    except RepositoryError:
+        raise BadInput(f"{rev} is not a commit in {repo_path}") from None
+    info = CommitInfo(*out.split("\x00", 2))
+    try:
+        ref = _run(["rev-parse", "--symbolic-full-name", "--end-of-options", rev], cwd=repo_path)
+    except RepositoryError:
+        ref = ""
+    branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
+    return info, branch
 
 
 class Mirror:

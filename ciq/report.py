@@ -75,6 +75,8 @@ class Report:
     command: str | None = None
     exit_code: int | None = None
     run_id: str | None = None
+    #: Seconds per phase of the run: "checkout" (fetch + worktree), "test".
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

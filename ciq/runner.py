@@ -261,12 +261,14 @@ def run_commit(plan: RunPlan) -> Report:
     }  # fmt: skip
     (run_dir / "run.json").write_text(json.dumps(record))
     worktree = run_dir / "src"
+    timings: dict[str, float] = {}
     try:
         try:
             mirror.ensure_commit(plan.sha)
             mirror.add_worktree(worktree, plan.sha)
         except CiqError as exc:
             return finish("error", f"could not check out {plan.sha[:12]}: {exc}")
+        timings["checkout"] = round(time.monotonic() - t0, 3)
         if not (worktree / "tests").is_dir():
             return finish(
                 "error",
@@ -279,6 +281,7 @@ def run_commit(plan: RunPlan) -> Report:
             cmd, worktree, run_environment(dict(os.environ)), plan.time_limit,
             plan.output_limit, run_dir / "pgid",
         )  # fmt: skip
+        timings["test"] = round(done.seconds, 3)
         junit_error = None
         tests: list = []
         try:
@@ -289,7 +292,7 @@ def run_commit(plan: RunPlan) -> Report:
         status, message = _status(done, bool(tests), junit_error, summary)
         return finish(
             status, message, summary=summary, tests=tuple(tests), output=done.output,
-            command=shlex.join(["python", *cmd[1:]]), exit_code=done.exit_code,
+            command=shlex.join(["python", *cmd[1:]]), exit_code=done.exit_code, timings=timings,
         )  # fmt: skip
     except BaseException:
         clean_up(plan)
