@@ -24,7 +24,9 @@ Raw numbers go to ``bench/results/spine.json``.
     line) and until the report is stored. Three times, fresh commit and worker 1 each
     time. Target: rerun started under 10 s after the kill (max of the repetitions).
 
-``--quick`` does 3 commits in (a), 5 in (b) and 1 kill in (c), for a smoke test.
+``--quick`` does 3 commits in (a), 5 in (b) and 1 kill in (c), for a smoke test;
+``--lease-ttl S`` and ``--reconcile-interval S`` set the workers' CIQ_LEASE_TTL and
+CIQ_RECONCILE_INTERVAL. Another load on the machine (a test suite) makes figures noisy.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -76,9 +79,13 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
     return value
 
 
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
+           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
+
+
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
@@ -102,7 +109,7 @@ class Bench:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.store: Store | None = None
+        self.store = Store.from_url(self.url)  # connects on first use
 
     def start_redis(self) -> None:
         (self.root / "redis").mkdir()
@@ -110,17 +117,14 @@ class Bench:
                str(self.root / "redis"), "--save", "", "--appendonly", "no"]
         self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                            start_new_session=True))
-        client = redis.Redis(port=self.port)
 
         def up() -> bool:
             try:
-                return bool(client.ping())
+                return bool(self.store.client.ping())
             except redis.ConnectionError:
                 return False
 
         wait_for(up, 10, f"redis-server on port {self.port}", 0.05)
-        client.close()
-        self.store = Store.from_url(self.url)
 
     def env(self, data_dir: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CIQ_")}
@@ -136,18 +140,20 @@ class Bench:
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, env=self.env(data_dir), cwd=self.root, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        proc.log = log  # type: ignore[attr-defined]
         self.procs.append(proc)
-        ready = lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None
-        wait_for(ready, 60, f"worker {name} to start", 0.02)
+        wait_for(lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None,
+                 60, f"worker {name} to start", 0.02)
         if proc.poll() is not None:
             raise RuntimeError(f"worker {name} died:\n{log.read_text()[-3000:]}")
         return proc
 
     def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
+        """SIGTERM to the main process only (a Celery warm shutdown: SIGTERM to the whole
+        group kills the pool child, whose finished run's message is then requeued), then
+        SIGKILL to the whole process group."""
         if proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
                 proc.wait(grace)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
@@ -162,13 +168,10 @@ class Bench:
         path = self.root / f"repo{self.repos}"
         path.mkdir()
         git(path, "init", "-q", "-b", "main")
-        git(path, "config", "user.email", "bench@example.org")
-        git(path, "config", "user.name", "Bench")
         commit(path, files, "initial")
         return path, normalise_repo(str(path))
 
     def wait_report(self, repo: str, sha: str, timeout: float = REPORT_TIMEOUT):
-        assert self.store is not None
         return wait_for(lambda: self.store.report(repo, sha), timeout, f"report of {sha[:12]}")
 
     def bare_pytest(self, repo: Path, sha: str) -> float:
@@ -188,26 +191,25 @@ class Bench:
             raise RuntimeError(f"bare pytest failed on {sha[:12]} (exit {done.returncode})")
         return took
 
-    def close(self) -> list[str]:
+    def close(self) -> dict[int, str]:
         """Stop every process started here (workers first), report and kill leftovers."""
         for proc in reversed(self.procs):
             self.stop(proc)
-        if self.store is not None:
-            self.store.client.close()
+        self.store.client.close()
         deadline = time.monotonic() + 3  # let dying pool children and test trees go
         while (leaks := self._ours()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        for pid, _cmd in leaks:
+        for pid in leaks:
             try:
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
+            except ProcessLookupError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
-        return [f"{pid} {cmd}" for pid, cmd in leaks]
+        return leaks
 
-    def _ours(self) -> list[tuple[int, str]]:
+    def _ours(self) -> dict[int, str]:
         """Live processes that run in (or name) this run's temp dir: only ours can."""
-        found = []
+        found = {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
                 cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -215,7 +217,7 @@ class Bench:
             except OSError:  # gone, or a zombie
                 continue
             if cwd.startswith(str(self.root)) or str(self.root) in cmd:
-                found.append((int(pid), cmd[:120]))
+                found[int(pid)] = cmd[:120]
         return found
 
 
@@ -231,7 +233,7 @@ def latency(b: Bench, n: int) -> dict:
     rows = []
     for i in range(n + 1):  # i == 0 is the warm-up
         sha = commit(path, {"VERSION": f"{i + 1}\n"}, f"version {i + 1}")
-        t0 = time.perf_counter()
+        t0, t0_wall = time.perf_counter(), time.time()
         done = subprocess.run([*cli, "enqueue", repo], env=env, capture_output=True, text=True)
         t_cli = time.perf_counter()
         if done.returncode != 0 or done.stdout.strip() != sha:
@@ -240,18 +242,25 @@ def latency(b: Bench, n: int) -> dict:
         t1 = time.perf_counter()
         if report.status != "passed" or report.summary.passed != 10:
             raise RuntimeError(f"unexpected report {report.status}: {report.message}")
+        meta = b.store.commit(repo, sha)  # when the CLI claimed it, when the run took it
+        claimed = datetime.fromisoformat(meta["enqueued_at"]).timestamp()
+        pickup = datetime.fromisoformat(meta["started_at"]).timestamp() - claimed
         bare = b.bare_pytest(path, sha)
         if i:
             rows.append({"sha": sha, "end_to_end": t1 - t0, "cli": t_cli - t0, "bare": bare,
-                         "run_duration": report.duration, "overhead": t1 - t0 - bare})
+                         "cli_to_claim": claimed - t0_wall, "pickup": pickup,
+                         "run_duration": report.duration,
+                         "overhead": t1 - t0 - bare})
     b.stop(worker)
     med = {k: statistics.median(r[k] for r in rows)
-           for k in ("overhead", "end_to_end", "bare", "cli", "run_duration")}
+           for k in ("overhead", "end_to_end", "bare", "cli", "cli_to_claim", "pickup",
+                     "run_duration")}
     ok = med["overhead"] < 0.3
-    print(f"(a) latency: median overhead {med['overhead']:.3f} s (end-to-end "
-          f"{med['end_to_end']:.3f} s - bare pytest {med['bare']:.3f} s; `ciq enqueue` "
-          f"{med['cli']:.3f} s, worker run {med['run_duration']:.3f} s) over {n} commits "
-          f"- target < 0.3 s: {'PASS' if ok else 'FAIL'}", flush=True)
+    print(f"(a) latency: median overhead {med['overhead']:.3f} s over {n} commits (medians: "
+          f"end-to-end {med['end_to_end']:.3f} s, bare pytest {med['bare']:.3f} s; `ciq "
+          f"enqueue` {med['cli']:.3f} s of which {med['cli_to_claim']:.3f} s to the claim, "
+          f"queue to lease {med['pickup']:.3f} s, worker run {med['run_duration']:.3f} s) - "
+          f"target < 0.3 s: {'PASS' if ok else 'FAIL'}", flush=True)
     return {"runs": rows, "median": med, "target_s": 0.3, "pass": ok}
 
 
@@ -259,7 +268,6 @@ def burst(b: Bench, n: int) -> dict:
     path, repo = b.new_repo({"tests/test_ten.py": TEN_TESTS, "burst.txt": "0\n"})
     data_dir = b.root / "host-b"
     worker = b.start_worker("bench", data_dir)
-    assert b.store is not None
     dispatcher = Dispatcher.for_settings(
         Settings(broker_url=b.url, result_backend=b.url, data_dir=data_dir), b.store)
     warm = git(path, "rev-parse", "HEAD")
@@ -295,50 +303,54 @@ def marker_lines(marker: Path) -> list[tuple[int, float]]:
     return [(int(pid), float(t)) for pid, t in (x for x in lines if len(x) == 2)]
 
 
+def kill_once(b: Bench, path: Path, repo: str, i: int) -> dict:
+    """Worker 1 runs a slow commit, worker 2 joins, worker 1 dies: times from the kill."""
+    marker = b.root / f"marker-{i}.txt"
+    sha = commit(path, {"tests/test_slow.py": MARKER_TEST.format(marker=str(marker))}, f"slow {i}")
+    first = b.start_worker("bench1", b.root / "host-c1")
+    settings = Settings(broker_url=b.url, result_backend=b.url, data_dir=b.root)
+    Dispatcher.for_settings(settings, b.store).submit(repo, sha, "main")
+    wait_for(lambda: marker_lines(marker), 60, "the first run to start", 0.02)
+    second = b.start_worker("bench2", b.root / "host-c2")
+    killed_at = time.time()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: len(marker_lines(marker)) >= 2, 60, "the rerun to start")
+    report = b.wait_report(repo, sha)
+    stored_at = time.time()
+    b.stop(second)
+    runs = marker_lines(marker)
+    if os.path.exists(f"/proc/{runs[0][0]}"):
+        print(f"warning: test process {runs[0][0]} of the killed worker is still alive")
+    if report.status != "passed" or report.attempts != 2 or \
+            not (report.worker or "").startswith("bench2@"):
+        raise RuntimeError(f"unexpected rerun report: {report.status} attempt "
+                           f"{report.attempts} on {report.worker}: {report.message}")
+    return {"sha": sha, "rerun_started": runs[1][1] - killed_at,
+            "report_stored": stored_at - killed_at, "runs": len(runs)}
+
+
 def recovery(b: Bench, n: int) -> dict:
     path, repo = b.new_repo({"tests/test_ok.py": "def test_ok():\n    pass\n"})
-    rows = []
-    for i in range(n):
-        marker = b.root / f"marker-{i}.txt"
-        sha = commit(path, {"tests/test_slow.py": MARKER_TEST.format(marker=str(marker))},
-                     f"slow {i}")
-        first = b.start_worker("bench1", b.root / "host-c1")
-        assert b.store is not None
-        settings = Settings(broker_url=b.url, result_backend=b.url, data_dir=b.root)
-        Dispatcher.for_settings(settings, b.store).submit(repo, sha, "main")
-        wait_for(lambda: marker_lines(marker), 60, "the first run to start", 0.02)
-        second = b.start_worker("bench2", b.root / "host-c2")
-        killed_at = time.time()
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-        wait_for(lambda: len(marker_lines(marker)) >= 2, 60, "the rerun to start")
-        report = b.wait_report(repo, sha)
-        stored_at = time.time()
-        b.stop(second)
-        if report.status != "passed" or report.attempts != 2 or \
-                not (report.worker or "").startswith("bench2@"):
-            raise RuntimeError(f"unexpected rerun report: {report.status} attempt "
-                               f"{report.attempts} on {report.worker}: {report.message}")
-        rows.append({"sha": sha, "rerun_started": marker_lines(marker)[1][1] - killed_at,
-                     "report_stored": stored_at - killed_at, "runs": len(marker_lines(marker))})
+    rows = [kill_once(b, path, repo, i) for i in range(n)]
     started = [r["rerun_started"] for r in rows]
     stored = [r["report_stored"] for r in rows]
+    figures = {"rerun_started_max": max(started), "rerun_started_median":
+               statistics.median(started), "report_stored_max": max(stored),
+               "report_stored_median": statistics.median(stored)}
     ok = max(started) < 10
     print(f"(c) recovery: rerun started max {max(started):.2f} s / median "
           f"{statistics.median(started):.2f} s after the kill, report stored max "
           f"{max(stored):.2f} s / median {statistics.median(stored):.2f} s ({n} kills) - "
           f"target < 10 s: {'PASS' if ok else 'FAIL'}", flush=True)
-    return {"kills": rows, "rerun_started_max": max(started),
-            "rerun_started_median": statistics.median(started), "report_stored_max":
-            max(stored), "report_stored_median": statistics.median(stored), "target_s": 10,
-            "pass": ok}
+    return {"kills": rows, **figures, "target_s": 10, "pass": ok}
 
 
 def versions(overrides: dict[str, str]) -> dict:
-    server = subprocess.run(["redis-server", "--version"], capture_output=True, text=True)
-    server_v = next((w[2:] for w in server.stdout.split() if w.startswith("v=")), "?")
-    return {"python": platform.python_version(), "celery": importlib.metadata.version("celery"),
-            "redis-py": importlib.metadata.version("redis"), "redis-server": server_v,
+    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+    meta = importlib.metadata.version
+    return {"python": platform.python_version(), "celery": meta("celery"),
+            "redis-py": meta("redis"), "redis-server": out.split("v=")[1].split()[0],
             "nproc": len(os.sched_getaffinity(0)),
             "lease_ttl": float(overrides.get("CIQ_LEASE_TTL", Settings.lease_ttl)),
             "reconcile_interval": float(overrides.get("CIQ_RECONCILE_INTERVAL",
@@ -357,24 +369,30 @@ def main() -> int:
     overrides = {var: str(value) for var, value in (
         ("CIQ_LEASE_TTL", args.lease_ttl), ("CIQ_RECONCILE_INTERVAL", args.reconcile_interval),
     ) if value is not None}
-    info = versions(overrides)
-    print("ciq spine bench: " + ", ".join(f"{k} {v}" for k, v in info.items())
-          + (" (quick)" if args.quick else ""), flush=True)
     if shutil.which("redis-server") is None:
         print("redis-server is not installed (apt-get install -y redis-server)")
         return 2
+    info = versions(overrides)
+    print("ciq spine bench: " + ", ".join(f"{k} {v}" for k, v in info.items())
+          + (" (quick)" if args.quick else ""), flush=True)
     results: dict = {"versions": info, "quick": args.quick, "started": time.time()}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
     b = Bench(overrides)
     try:
         b.start_redis()
         results["a_latency"] = latency(b, n_a)
         results["b_burst"] = burst(b, n_b)
         results["c_recovery"] = recovery(b, n_c)
+    except BaseException:
+        for log in sorted(b.root.glob("worker-*.log")):  # gone with the temp dir after this
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(
+                errors="replace").splitlines()[-15:]), file=sys.stderr)
+        raise
     finally:
         leaks = b.close()
-        results["leaked_processes"] = leaks
-        for leak in leaks:
-            print(f"warning: process left running by ciq, killed: {leak}")
+        results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
+        for pid, cmd in leaks.items():
+            print(f"warning: process left running, killed: {pid} {cmd}")
         out = Path(__file__).resolve().parent / "results" / "spine.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")

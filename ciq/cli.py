@@ -126,22 +126,9 @@ def enqueue(repo: str, rev: str | None) -> None:
     Meant for git hooks: `ciq enqueue "$PWD"` in post-commit, or with the pushed SHA in
     post-receive.
     """
-    from .gitrepo import describe, validate_sha
+    from .push import run
 
-    settings = _settings()
-    repo = _repo_arg(repo)
-    if "://" in repo or "@" in repo.split("/")[0]:
-        if rev is None:
-            fail("give the commit to test as a full SHA when REPO is a URL")
-        sha, branch, info = validate_sha(rev), None, None
-    else:
-        info, branch = describe(repo, rev or "HEAD")
-        sha = info.sha
-    store = _store(settings)
-    if not _dispatcher(settings, store).submit(repo, sha, branch, info):
-        click.echo(f"ciq: {sha[:12]} was enqueued before; see `ciq report {repo} {sha[:12]}`",
-                   err=True)
-    click.echo(sha)
+    sys.exit(run(repo, rev))
 
 
 def _age(iso: str | None) -> str:

@@ -17,14 +17,15 @@ from typing import Any, Protocol
 import redis
 
 from .gitrepo import CommitInfo
+from .keys import RUN_TASK
 from .message import run_message
 from .settings import Settings
 from .store import Store, task_id
 
+__all__ = ["RUN_TASK", "Dispatcher", "RedisSender", "Sender", "celery_sender", "make_sender"]
+
 logger = logging.getLogger(__name__)
 
-#: Name of the Celery task that tests one commit.
-RUN_TASK = "ciq.run"
 #: URL schemes redis-py opens directly; others (sentinel://) go through Celery.
 _DIRECT_SCHEMES = ("redis://", "rediss://", "unix://")
 

@@ -130,9 +130,12 @@ def describe(repo_path: str, rev: str) -> tuple[CommitInfo, str | None]:
         raise BadInput(f"{rev} is not a commit in {repo_path}") from None
     info = CommitInfo(*out.split("\x00", 2))
     try:
-        ref = _run(["rev-parse", "--symbolic-full-name", "--end-of-options", rev], cwd=repo_path)
+        # rev-parse takes no --end-of-options before git 2.41; rev was validated above
+        # (it cannot start with "-") and the trailing "--" ends the revisions.
+        out = _run(["rev-parse", "--symbolic-full-name", rev, "--"], cwd=repo_path)
     except RepositoryError:
-        ref = ""
+        out = ""
+    ref = out.splitlines()[0] if out else ""
     branch = ref.removeprefix("refs/heads/") if ref.startswith("refs/heads/") else None
     return info, branch
 

@@ -17,7 +17,7 @@ import os
 import uuid
 from typing import Any
 
-from .store import task_id
+from .keys import task_id
 
 
 def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str) -> str:

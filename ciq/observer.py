@@ -19,7 +19,8 @@ from pathlib import Path
 from .dispatch import Dispatcher
 from .errors import CiqError, RepositoryError
 from .gitrepo import CommitInfo, Mirror
-from .store import Store, repo_id
+from .keys import repo_id
+from .store import Store
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from . import sandbox
 from .errors import CiqError
 from .gitrepo import Mirror, remove_tree
 from .junit import JUnitError, parse_junit
+from .keys import repo_id
 from .report import Report, Summary, utcnow
-from .store import repo_id
 
 logger = logging.getLogger(__name__)
 
@@ -131,18 +131,25 @@ def run_sandboxed(
 
     reader = threading.Thread(target=drain, name="ciq-output", daemon=True)
     reader.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=time_limit)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    timed_out = threading.Event()
+    exited = threading.Event()
+
+    def time_is_up() -> None:
+        # A timer rather than Popen.wait(timeout): that one polls with sleeps of up to
+        # 50 ms, which every run would pay after its tests finish.
+        timed_out.set()
         proc.send_signal(sandbox.STOP)
-        try:
-            proc.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
+        if not exited.wait(STOP_GRACE):
             proc.kill()
-            proc.wait()
+
+    timer = threading.Timer(time_limit, time_is_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        proc.wait()
     finally:
+        exited.set()
+        timer.cancel()
         if proc.returncode is None:  # interrupted (e.g. Celery's soft time limit)
             proc.send_signal(sandbox.STOP)
             proc.wait()
@@ -151,7 +158,8 @@ def run_sandboxed(
         kill_recorded_group(pgid_file)
     reader.join(DRAIN_GRACE)
     stream.close()
-    return Completed(proc.returncode, timed_out, out.text(), time.monotonic() - started)
+    return Completed(proc.returncode, timed_out.is_set(), out.text(),
+                     time.monotonic() - started)
 
 
 def kill_recorded_group(pgid_file: Path) -> None:

@@ -23,10 +23,8 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,42 +32,14 @@ from typing import Any
 import redis
 
 from .errors import NotFound, StoreUnavailable
+from .keys import CLAIM_SCRIPT, claim_call, commit_key, repo_id, task_id
 from .report import Report, utcnow
 
-#: Namespace of the deterministic task id of a (repository, commit) run.
-_TASK_NS = uuid.UUID("6f1d0d4e-1c2a-4b55-9d7e-3f3c1f0a9c11")
-
-
-def repo_id(repo: str) -> str:
-    """A short stable key for a normalised repository path or URL."""
-    return hashlib.sha1(repo.encode()).hexdigest()[:16]
-
-
-def task_id(repo: str, sha: str) -> str:
-    """The Celery task id of a commit's run: the same for every attempt of it."""
-    return str(uuid.uuid5(_TASK_NS, f"{repo_id(repo)}:{sha}"))
-
+__all__ = ["Lease", "Store", "repo_id", "task_id"]
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
-
-# KEYS: commit, index, unsent, repos, broker queue. ARGV: flat fields json, now ms, sha,
-# member, rid, repo, message. With a message (the broker is this same Redis) the claim
-# and the broker message are one atomic step; without, the commit waits in the unsent
-# set until the caller has sent it.
-_CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
-if ARGV[7] ~= '' then
-  redis.call('LPUSH', KEYS[5], ARGV[7])
-else
-  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
-end
-return 1
-"""
 
 # KEYS: lease, report, commit, started. ARGV: run id, ttl ms, member, worker, started_at.
 # Returns -1 when the report exists, 0 when another run holds the lease, else attempts.
@@ -128,7 +98,7 @@ class Store:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._claim = client.register_script(_CLAIM)
+        self._claim = client.register_script(CLAIM_SCRIPT)
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -159,7 +129,7 @@ class Store:
 
     @staticmethod
     def _commit_key(rid: str, sha: str) -> str:
-        return f"ciq:commit:{rid}:{sha}"
+        return commit_key(rid, sha)
 
     @staticmethod
     def _lease_key(rid: str, sha: str) -> str:
@@ -179,28 +149,8 @@ class Store:
         then pushed in the same atomic step. Otherwise the caller sends it and calls
         :meth:`mark_sent`.
         """
-        rid = repo_id(repo)
-        fields = {
-            **{k: v for k, v in meta.items() if v is not None},
-            "repo": repo,
-            "commit": sha,
-            "branch": branch or "",
-            "enqueued_at": utcnow(),
-            "attempts": "0",
-        }
-        flat = [x for kv in fields.items() for x in kv]
-        return bool(
-            self._claim(
-                keys=[
-                    self._commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos",
-                    push[0] if push else "ciq:none",
-                ],
-                args=[
-                    json.dumps(flat), _now_ms(), sha, f"{rid}:{sha}", rid, repo,
-                    push[1] if push else "",
-                ],
-            )
-        )
+        keys, args = claim_call(repo, sha, branch, meta, push)
+        return bool(self._claim(keys=keys, args=args))
 
     def mark_sent(self, repo: str, sha: str) -> None:
         self.client.zrem("ciq:unsent", f"{repo_id(repo)}:{sha}")

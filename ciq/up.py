@@ -67,15 +67,18 @@ def _free_port() -> int:
 
 
 def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
+    """SIGTERM to the main process only (a Celery warm shutdown: a signal to the whole
+    group would kill the pool processes mid-run), then SIGKILL to whatever is left."""
     if proc.poll() is None:
         with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 @contextmanager

@@ -46,12 +46,10 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
 
 
 def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a process we started (its whole session), by pid."""
+    """Stop a process we started by pid: SIGTERM to it (a warm shutdown for a worker),
+    then SIGKILL to its whole session."""
     if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -273,7 +271,7 @@ def observer(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subpr
     def start(repo: str, *args: str) -> subprocess.Popen:
         log = open(tmp_path / f"observer-{len(started)}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ciq.cli", "observe", repo, *args],
+            [sys.executable, "-m", "ciq", "observe", repo, *args],
             env=ciq_env(settings), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
@@ -287,7 +285,7 @@ def observer(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subpr
 
 
 def run_ciq(settings: Settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ciq.cli", *args], env=ciq_env(settings),
+    return subprocess.run([sys.executable, "-m", "ciq", *args], env=ciq_env(settings),
                           capture_output=True, text=True, timeout=timeout)
 
 

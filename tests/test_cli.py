@@ -94,7 +94,7 @@ def test_a_bad_setting_is_one_line(settings: Settings) -> None:
 
     from .conftest import ciq_env
 
-    done = subprocess.run([sys.executable, "-m", "ciq.cli", "status"],
+    done = subprocess.run([sys.executable, "-m", "ciq", "status"],
                           env=ciq_env(bad, CIQ_TIME_LIMIT="forever"), capture_output=True,
                           text=True)
     assert_one_line_error(done, "CIQ_TIME_LIMIT")
@@ -135,3 +135,36 @@ def test_report_text_shows_the_failure_first(settings: Settings, reported) -> No
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     as_json = json.loads(run_ciq(settings, "report", repo, sha, "--json").stdout)
     assert as_json["status"] == "failed" and as_json["summary"]["total"] == 2
+
+
+def test_enqueue_records_the_branch_and_the_subject(settings: Settings, make_repo,
+                                                      store: Store) -> None:
+    repo = make_repo(PASSING, message="first line\n\nbody")
+    repo.git("checkout", "-q", "-b", "topic")
+    by_sha = repo.commit({"x": "0"}, "named by its sha")
+    topic = repo.commit({"x": "1"}, "on topic")
+    for rev, branch in ((by_sha[:10], ""), (None, "topic"), ("main", "main")):
+        done = run_ciq(settings, "enqueue", str(repo.path), *([rev] if rev else []))
+        assert done.returncode == 0, done.stderr
+        sha = done.stdout.strip()
+        assert store.commit(str(repo.path), sha)["branch"] == branch
+    assert store.commit(str(repo.path), topic)["subject"] == "on topic"
+    again = run_ciq(settings, "enqueue", str(repo.path), "main")
+    assert again.returncode == 0 and "enqueued before" in again.stderr
+
+
+def test_enqueue_with_a_separate_broker_goes_through_redis_py(
+    settings: Settings, make_repo, store: Store
+) -> None:
+    # Given a broker in another database of the server than the results backend
+    broker = settings.broker_url.rsplit("/", 1)[0] + "/1"
+    split = Settings(broker_url=broker, result_backend=settings.result_backend,
+                     data_dir=settings.data_dir)
+    repo = make_repo(PASSING)
+    done = run_ciq(split, "enqueue", str(repo.path))
+    assert done.returncode == 0, done.stderr
+    # Then the message is in the broker's database and the claim is marked sent
+    import redis
+
+    assert redis.Redis.from_url(broker).llen("ciq") == 1
+    assert store.client.llen("ciq") == 0 and store.unsent(older_than=0) == []

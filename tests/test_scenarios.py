@@ -276,7 +276,7 @@ def test_report_wait_follows_a_queued_commit(make_repo, worker, store, settings:
 def _ciq_cmd() -> list[str]:
     import sys
 
-    return [sys.executable, "-m", "ciq.cli"]
+    return [sys.executable, "-m", "ciq"]
 
 
 def _env(settings: Settings) -> dict[str, str]:

@@ -1,0 +1,5 @@
+"""``python -m ciq`` is the ``ciq`` command."""
+
+from .launcher import main
+
+main()

@@ -1,0 +1,72 @@
+"""Names in Redis and the claim of a commit: light enough for the push path.
+
+Everything here is plain standard library, so that `ciq enqueue` can claim a commit
+without importing redis-py (see :mod:`ciq.push`). :mod:`ciq.store` uses the same script
+and arguments through redis-py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+
+#: Namespace of the deterministic task id of a (repository, commit) run.
+_TASK_NS = uuid.UUID("6f1d0d4e-1c2a-4b55-9d7e-3f3c1f0a9c11")
+
+
+def repo_id(repo: str) -> str:
+    """A short stable key for a normalised repository path or URL."""
+    return hashlib.sha1(repo.encode()).hexdigest()[:16]
+
+
+def task_id(repo: str, sha: str) -> str:
+    """The Celery task id of a commit's run: the same for every attempt of it."""
+    return str(uuid.uuid5(_TASK_NS, f"{repo_id(repo)}:{sha}"))
+
+
+def commit_key(rid: str, sha: str) -> str:
+    return f"ciq:commit:{rid}:{sha}"
+
+
+# KEYS: commit, index, unsent, repos, broker queue. ARGV: flat fields json, now ms, sha,
+# member, rid, repo, message. With a message (the broker is this same Redis) the claim
+# and the broker message are one atomic step; without, the commit waits in the unsent
+# set until the caller has sent it.
+CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[7])
+else
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+end
+return 1
+"""
+
+
+def claim_call(repo: str, sha: str, branch: str | None, meta: dict[str, str],
+               push: tuple[str, str] | None) -> tuple[list[str], list[str | int]]:
+    """KEYS and ARGV of :data:`CLAIM_SCRIPT` for one commit."""
+    rid = repo_id(repo)
+    fields = {
+        **{k: v for k, v in meta.items() if v is not None},
+        "repo": repo,
+        "commit": sha,
+        "branch": branch or "",
+        "enqueued_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "attempts": "0",
+    }
+    flat = [x for kv in fields.items() for x in kv]
+    keys = [commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos",
+            push[0] if push else "ciq:none"]
+    args: list[str | int] = [json.dumps(flat), int(time.time() * 1000), sha, f"{rid}:{sha}",
+                             rid, repo, push[1] if push else ""]
+    return keys, args
+
+#: Name of the Celery task that tests one commit.
+RUN_TASK = "ciq.run"

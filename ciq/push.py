@@ -1,0 +1,81 @@
+"""`ciq enqueue`: test one commit now — what a git hook calls, so every millisecond of
+start-up is feedback delayed.
+
+With the default set-up (broker and results backend one Redis at a ``redis://`` or
+``unix://`` URL) the commit is claimed and its Celery message pushed in one Lua call
+over :mod:`ciq.resp`, importing neither click, redis-py nor Celery. Other set-ups go
+through :class:`~ciq.dispatch.Dispatcher` with redis-py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .errors import BadInput, CiqError
+from .gitrepo import CommitInfo, describe, normalise_repo, validate_sha
+from .keys import CLAIM_SCRIPT, RUN_TASK, claim_call
+from .message import run_message
+from .settings import Settings
+
+
+def _is_url(repo: str) -> bool:
+    return "://" in repo or "@" in repo.split("/")[0]
+
+
+def _fast(settings: Settings) -> bool:
+    from .resp import SCHEMES
+
+    url = settings.result_backend
+    return settings.broker_url == url and url.split("://", 1)[0] in SCHEMES
+
+
+def enqueue(settings: Settings, repo_arg: str, rev: str | None) -> tuple[str, bool]:
+    """Enqueue one commit; returns its SHA and whether this call enqueued it."""
+    repo = normalise_repo(repo_arg)
+    if _is_url(repo):
+        if rev is None:
+            raise BadInput("give the commit to test as a full SHA when REPO is a URL")
+        info, branch = CommitInfo(validate_sha(rev), "", ""), None
+    else:
+        info, branch = describe(repo, rev or "HEAD")
+    meta = {"subject": info.subject, "author": info.author}
+    if _fast(settings):
+        from .resp import RespConnection
+
+        message = run_message(repo, info.sha, branch, settings.queue, RUN_TASK)
+        keys, args = claim_call(repo, info.sha, branch, meta, (settings.queue, message))
+        conn = RespConnection.open(settings.result_backend)
+        try:
+            claimed = bool(conn.eval(CLAIM_SCRIPT, keys, args))
+        finally:
+            conn.close()
+        return info.sha, claimed
+    from .dispatch import Dispatcher
+    from .store import Store
+
+    store = Store.from_url(settings.result_backend)
+    store.ping()
+    return info.sha, Dispatcher.for_settings(settings, store).submit(repo, info.sha, branch, info)
+
+
+def run(repo: str, rev: str | None) -> int:
+    """The command: prints the SHA (stdout) and any problem as one line (stderr)."""
+    try:
+        sha, claimed = enqueue(Settings.from_env(), repo, rev)
+    except CiqError as exc:
+        print(f"ciq: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # refused, unreachable, timed out
+        print(f"ciq: cannot reach Redis ({exc}); check CIQ_BROKER_URL and that Redis runs",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # an error reply from Redis (auth, readonly replica...)
+        if type(exc).__name__ not in ("RespError", "ResponseError", "AuthenticationError"):
+            raise
+        print(f"ciq: Redis refused the enqueue: {exc}", file=sys.stderr)
+        return 1
+    if not claimed:
+        print(f"ciq: {sha[:12]} was enqueued before; see `ciq report {repo} {sha[:12]}`",
+              file=sys.stderr)
+    print(sha)
+    return 0
