@@ -27,18 +27,27 @@ def task_id(repo: str, sha: str) -> str:
     return str(uuid.uuid5(_TASK_NS, f"{repo_id(repo)}:{sha}"))
 
 
+def now_us() -> int:
+    """Microseconds since the epoch: the score of history and unsent entries."""
+    return int(time.time() * 1_000_000)
+
+
 def commit_key(rid: str, sha: str) -> str:
     return f"ciq:commit:{rid}:{sha}"
 
 
-# KEYS: commit, index, unsent, repos, broker queue. ARGV: flat fields json, now ms, sha,
-# member, rid, repo, message. With a message (the broker is this same Redis) the claim
-# and the broker message are one atomic step; without, the commit waits in the unsent
-# set until the caller has sent it.
+# KEYS: commit, index, unsent, repos, broker queue. ARGV: flat fields json, now in µs,
+# sha, member, rid, repo, message. With a message (the broker is this same Redis) the
+# claim and the broker message are one atomic step; without, the commit waits in the
+# unsent set until the caller has sent it. Index scores only grow, so commits claimed in
+# the same microsecond keep their order (an observer claims a push's commits in a loop).
 CLAIM_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+local score = tonumber(ARGV[2])
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 if ARGV[7] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[7])
@@ -64,7 +73,7 @@ def claim_call(repo: str, sha: str, branch: str | None, meta: dict[str, str],
     flat = [x for kv in fields.items() for x in kv]
     keys = [commit_key(rid, sha), f"ciq:index:{rid}", "ciq:unsent", "ciq:repos",
             push[0] if push else "ciq:none"]
-    args: list[str | int] = [json.dumps(flat), int(time.time() * 1000), sha, f"{rid}:{sha}",
+    args: list[str | int] = [json.dumps(flat), now_us(), sha, f"{rid}:{sha}",
                              rid, repo, push[1] if push else ""]
     return keys, args
 

@@ -10,7 +10,7 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 
 =============================  ======  ==================================================
 ``ciq:repos``                  hash    rid → repository as normalised
-``ciq:index:<rid>``            zset    sha scored by first-seen time (ms): history
+``ciq:index:<rid>``            zset    sha scored by first-seen time (µs): history
 ``ciq:commit:<rid>:<sha>``     hash    repo, commit, branch, enqueued_at, subject, author,
                                        attempts, run_id, worker, started_at
 ``ciq:lease:<rid>:<sha>``      string  run id of the live run; expires unless renewed
@@ -24,7 +24,6 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -32,14 +31,10 @@ from typing import Any
 import redis
 
 from .errors import NotFound, StoreUnavailable
-from .keys import CLAIM_SCRIPT, claim_call, commit_key, repo_id, task_id
+from .keys import CLAIM_SCRIPT, claim_call, commit_key, now_us, repo_id, task_id
 from .report import Report, utcnow
 
 __all__ = ["Lease", "Store", "repo_id", "task_id"]
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 # KEYS: lease, report, commit, started. ARGV: run id, ttl ms, member, worker, started_at.
 # Returns -1 when the report exists, 0 when another run holds the lease, else attempts.
@@ -157,7 +152,7 @@ class Store:
 
     def unsent(self, older_than: float) -> list[tuple[str, str, str | None]]:
         """Claimed commits whose enqueuer died before handing them to the broker."""
-        cutoff = _now_ms() - int(older_than * 1000)
+        cutoff = now_us() - int(older_than * 1_000_000)
         members = self.client.zrangebyscore("ciq:unsent", "-inf", cutoff)
         return [c for c in (self._commit_of(m) for m in members) if c]
 

@@ -103,3 +103,10 @@ def test_our_message_is_the_one_celery_sends(store: Store, settings: Settings) -
     assert json.loads(run_message(REPO, SHA, None, "q", "ciq.run"))["properties"][
         "delivery_info"] == {"exchange": "", "routing_key": "q"}
     app.pool.force_close_all()
+
+
+def test_history_keeps_claim_order_within_one_microsecond(store: Store) -> None:
+    shas = [f"{i:040x}" for i in range(300, 0, -7)]  # descending: order is not by name
+    for sha in shas:
+        store.claim(REPO, sha, "main", {})
+    assert [row["sha"] for row in store.recent(REPO, limit=100)] == list(reversed(shas))
