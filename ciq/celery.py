@@ -24,7 +24,7 @@ def create_app(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
     )
-    app.ciq_settings = settings  # type: ignore[attr-defined]
+    app.ciq_settings = settings
     app.steps["worker"].add(Housekeeping)
     return app
 

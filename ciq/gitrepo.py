@@ -198,7 +198,7 @@ class Mirror:
         if not self.has_commit(sha):
             raise RepositoryError(f"commit {sha} is not in {self.repo} (was history rewritten?)")
 
-    def _repo(self):  # type: ignore[no-untyped-def]
+    def _repo(self):
         import git  # GitPython: only the observer reads commits this way
 
         return git.Repo(self.path)
@@ -239,7 +239,7 @@ class Mirror:
             self._git("worktree", "prune")
 
 
-def _info(commit) -> CommitInfo:  # type: ignore[no-untyped-def]
+def _info(commit) -> CommitInfo:
     subject = commit.message.split("\n", 1)[0] if isinstance(commit.message, str) else ""
     return CommitInfo(commit.hexsha, commit.author.name or "", subject)
 
@@ -247,7 +247,7 @@ def _info(commit) -> CommitInfo:  # type: ignore[no-untyped-def]
 def remove_tree(path: Path) -> None:
     """Delete a run's folder even if the code under test made parts of it read-only."""
 
-    def onerror(func, p, _exc):  # type: ignore[no-untyped-def]
+    def onerror(func, p, _exc):
         try:
             os.chmod(os.path.dirname(p), 0o700)
             os.chmod(p, 0o700)

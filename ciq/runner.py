@@ -6,6 +6,7 @@ holds the lease and stores the report.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from . import sandbox
 from .errors import CiqError
@@ -122,8 +124,7 @@ def run_sandboxed(
         start_new_session=True,
     )
     out = OutputTail(output_limit)
-    assert proc.stdout is not None
-    stream = proc.stdout
+    stream = cast(io.BufferedReader, proc.stdout)
 
     def drain() -> None:
         while chunk := stream.read1(65536):

@@ -92,7 +92,9 @@ class Store:
     """ciq's state in the results-backend Redis. Safe to share between threads."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+        # Any: redis-py types every reply as bytes | str whatever decode_responses says;
+        # this client always decodes (see from_url).
+        self.client: Any = client
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._acquire = client.register_script(_ACQUIRE)
         self._renew = client.register_script(_RENEW)
@@ -194,7 +196,7 @@ class Store:
         """Store the final report unless one exists. True if this call wrote it."""
         rid = repo_id(report.repo)
         tid = task_id(report.repo, report.commit)
-        meta = {
+        meta: dict[str, Any] = {
             "status": "SUCCESS",
             "result": report.to_dict(),
             "traceback": None,

@@ -25,7 +25,7 @@ class CiqTask(Task):
 
     @property
     def settings(self) -> Settings:
-        return self.app.ciq_settings  # type: ignore[attr-defined,no-any-return]
+        return self.app.ciq_settings
 
     @property
     def store(self) -> Store:

@@ -185,7 +185,7 @@ def _given(url: str) -> Iterator[str]:
     yield url
 
 
-def _follow(store, observer, name, once, interval, stop, echo, show) -> int:  # type: ignore[no-untyped-def]
+def _follow(store, observer, name, once, interval, stop, echo, show) -> int:
     pending: set[str] = set()
     status = 0
     while not stop.is_set():
