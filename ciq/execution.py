@@ -14,8 +14,13 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+import redis
+
+from . import outbox
 from .report import Report, utcnow
 from .runner import RunPlan, clean_up, run_commit
 from .store import Store
@@ -24,6 +29,23 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two looks at a lease held by someone else.
 LEASE_POLL = 0.2
+#: Longest pause (seconds) between two tries to reach Redis when it is away.
+MAX_BACKOFF = 5.0
+
+T = TypeVar("T")
+
+
+def patiently(what: str, call: Callable[[], T]) -> T:
+    """Call ``call`` until Redis answers: a run must outlive a Redis restart, not fail
+    (a failed task is acknowledged, and its commit would wait for the reconciler)."""
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            logger.warning("%s: Redis is away (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
 
 
 class Heartbeat:
@@ -79,7 +101,8 @@ def execute(
     already reported, or a live run holds it).
     """
     run_id = uuid.uuid4().hex
-    attempt = acquire(store, repo, sha, run_id, lease_ttl, worker)
+    attempt = patiently(f"run {run_id}",
+                        lambda: acquire(store, repo, sha, run_id, lease_ttl, worker))
     if attempt == -1:
         logger.info("run %s: %s already reported; dropping this copy", run_id, sha[:12])
         return None
@@ -111,7 +134,8 @@ def execute(
                         attempts=attempt, run_id=run_id, finished_at=utcnow(),
                         message=f"ciq internal error: {exc!r}",
                     )  # fmt: skip
-        if store.finish(report):
+        saved = outbox.save(data_dir, report)
+        if patiently(f"run {run_id}", lambda: outbox.deliver(store, saved, report)):
             logger.info("run %s: %s %s (%d tests, %.2fs)", run_id, sha[:12], report.status,
                         report.summary.total, report.duration)
             return report
@@ -119,6 +143,9 @@ def execute(
                        run_id, sha[:12])
         return None
     finally:
-        store.release(repo, sha, run_id)
+        try:
+            store.release(repo, sha, run_id)
+        except redis.RedisError as exc:  # it expires by itself
+            logger.warning("run %s: could not release the lease: %s", run_id, exc)
         if plan is not None:
             clean_up(plan)

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import bootsteps
 
+from . import outbox
 from .dispatch import make_sender
 from .reconciler import reconcile
 from .runner import sweep_stale_runs
@@ -46,6 +47,7 @@ class Housekeeping(bootsteps.StartStopStep):
         while True:
             try:
                 sweep_stale_runs(settings.data_dir, os.uname().nodename)
+                outbox.deliver_pending(store, settings.data_dir)
                 if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
                     reconcile(store, send)
             except Exception as exc:  # Redis away, disk full...: log, try next time

@@ -81,7 +81,7 @@ class RedisServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
                 str(self.directory), "--save", "", "--protected-mode", "yes",
-                "--appendonly", "yes" if self.appendonly else "no"]
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port)
 
@@ -293,3 +293,18 @@ def wait_report(store: Store, repo: str, sha: str, timeout: float = 60) -> Repor
     found = wait_for(lambda: store.report(repo, sha), timeout, f"report of {sha[:12]}")
     assert isinstance(found, Report)
     return found
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server for this test alone, with AOF on, that the test may stop and start
+    again (same port, same data) to play a Redis restart."""
+    server = RedisServer(tmp_path / "own-redis", appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings_for(server_url: str, data_dir: Path) -> Settings:
+    return Settings(broker_url=server_url, result_backend=server_url, data_dir=data_dir,
+                    lease_ttl=2.0, reconcile_interval=0.5)

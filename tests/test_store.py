@@ -110,3 +110,16 @@ def test_history_keeps_claim_order_within_one_microsecond(store: Store) -> None:
     for sha in shas:
         store.claim(REPO, sha, "main", {})
     assert [row["sha"] for row in store.recent(REPO, limit=100)] == list(reversed(shas))
+
+
+def test_reports_left_in_the_outbox_are_delivered_once(store: Store, tmp_path) -> None:
+    from ciq import outbox
+
+    mine = Report(repo=REPO, commit=SHA, status="passed", run_id="r1")
+    late = Report(repo=REPO, commit=SHA, status="failed", run_id="r2")
+    outbox.save(tmp_path, mine)
+    outbox.save(tmp_path, late)
+    (tmp_path / "outbox" / "junk.json").write_text("{not json")
+    assert outbox.deliver_pending(store, tmp_path) == 2
+    assert store.report(REPO, SHA).run_id in ("r1", "r2")
+    assert [p.name for p in (tmp_path / "outbox").iterdir()] == ["junk.bad"]
