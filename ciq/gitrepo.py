@@ -39,7 +39,20 @@ _GIT_CONFIG = [
     "-c", "protocol.fd.allow=never",
     "-c", "advice.detachedHead=false",
 ]  # fmt: skip
+#: The same configuration as environment variables (git >= 2.31): unlike ``-c``, these
+#: reach the git processes git itself starts — `git worktree add` checks out through a
+#: child that would otherwise run the mirror's post-index-change hook.
+SAFE_GIT_ENV = {
+    "GIT_CONFIG_COUNT": "3",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": "/dev/null",
+    "GIT_CONFIG_KEY_1": "protocol.ext.allow",
+    "GIT_CONFIG_VALUE_1": "never",
+    "GIT_CONFIG_KEY_2": "protocol.fd.allow",
+    "GIT_CONFIG_VALUE_2": "never",
+}
 _GIT_ENV = {
+    **SAFE_GIT_ENV,
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "true",
     "GIT_SSH_COMMAND": "ssh -oBatchMode=yes",
@@ -167,6 +180,8 @@ class Mirror:
         shutil.rmtree(tmp, ignore_errors=True)
         _run(["init", "--quiet", "--bare", str(tmp)])
         _run(["remote", "add", "origin", "--", self.repo], git_dir=tmp)
+        # Also in the mirror's own config, which its worktrees share: no hook, ever.
+        _run(["config", "core.hooksPath", "/dev/null"], git_dir=tmp)
         # Renamed into place only once set up, so a half-made mirror is never used.
         os.rename(tmp, self.path)
 

@@ -23,7 +23,7 @@ from typing import cast
 
 from . import sandbox
 from .errors import CiqError
-from .gitrepo import Mirror, remove_tree
+from .gitrepo import SAFE_GIT_ENV, Mirror, remove_tree
 from .junit import JUnitError, parse_junit
 from .keys import repo_id
 from .report import Report, Summary, utcnow
@@ -85,6 +85,7 @@ class OutputTail:
 def run_environment(environ: dict[str, str]) -> dict[str, str]:
     """The environment of the code under test: the worker's, less ciq's and Celery's."""
     env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_ENV_PREFIXES)}
+    env.update(SAFE_GIT_ENV)  # git run by the tests in their checkout runs no hooks either
     env["PYTHONUNBUFFERED"] = "1"
     env["CI"] = "true"
     return env

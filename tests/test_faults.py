@@ -228,3 +228,34 @@ def test_a_redis_with_a_password(tmp_path: Path, worker, make_repo):
         assert len(refused.stderr.strip().splitlines()) == 1
     finally:
         server.stop()
+
+
+def test_submodules_are_not_fetched_and_hooks_never_run(
+    worker, make_repo, store: Store, settings: Settings, tmp_path: Path
+):
+    # Given a repository with a submodule pointing elsewhere, whose tests check it
+    other = make_repo({"secret.txt": "from elsewhere\n"})
+    repo = make_repo(PASSING)
+    repo.git("-c", "protocol.file.allow=always", "submodule", "add", "-q", str(other.path),
+             "sub")
+    repo.commit({"tests/test_sub.py": (
+        "import os\n\ndef test_submodule_is_empty():\n    assert os.listdir('sub') == []\n")},
+        "add a submodule")
+    worker()
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    first = wait_report(store, str(repo.path), repo.head())
+    assert first.status == "passed", first.output
+
+    # When hooks appear in the worker's mirror (as a hostile fetch might plant them)
+    proof = tmp_path / "hook-ran"
+    for mirror in (settings.data_dir / "mirrors").glob("*.git"):
+        for hook in ("post-checkout", "reference-transaction", "post-index-change"):
+            path = mirror / "hooks" / hook
+            path.write_text(f"#!/bin/sh\necho {hook} $PWD $GIT_DIR >> {proof}\n")
+            path.chmod(0o755)
+    second = repo.commit({"x": "1"}, "another")
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+
+    # Then no hook ran
+    assert wait_report(store, str(repo.path), second).status == "passed"
+    assert not proof.exists()

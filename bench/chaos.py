@@ -1,0 +1,805 @@
+"""Chaos figure: commits keep landing while workers, observers and Redis die at random.
+
+Run ``python bench/chaos.py [--seed N] [--commits N] [--duration S] [--quick]``.
+
+What is measured: whether ciq keeps its promise — every commit ends with exactly one
+report, no commit is ever run twice at the same time, and a run that dies is started
+again within seconds — while its parts are being killed.
+
+How. Everything is private to the run, as in ``bench/spine.py``: a redis-server on a free
+port of 127.0.0.1 with AOF persistence (``--appendonly yes --appendfsync always``), three
+``celery -A ciq worker`` processes (concurrency 1, each its own ``CIQ_DATA_DIR`` and host
+name, ``CIQ_LEASE_TTL=5``, ``CIQ_RECONCILE_INTERVAL=1``, ``CIQ_MAX_ATTEMPTS=5``), one
+``ciq observe REPO --interval 0.5`` daemon per repository, and two git repositories (bare
+"servers" the observers watch, pushed to from working clones) in a temporary directory.
+
+* Each commit's ``tests/test_chaos.py`` holds 3 tests sleeping 0.3-1.5 s (random per
+  commit). Every test appends to one execution log outside the repositories (single
+  O_APPEND writes, so lines never mix) a line ``<repo> <commit-number> <pid> <start> -``
+  when it starts and ``<repo> <commit-number> <pid> <start> <end>`` when it ends. One
+  pytest process (pid) of one commit is one *execution*.
+* The commits (``--commits``, default 60) are pushed over ``--duration`` seconds (default
+  60), alternating between the repositories. Meanwhile a chaos thread, driven by a
+  seeded random generator (the seed is printed), every 3-6 s kills a random worker,
+  either with SIGKILL to its whole session or with SIGTERM to its main process (Celery's
+  warm shutdown), and restarts it with the same data folder and host name once it is
+  gone; twice it SIGKILLs both observers and restarts them 1-3 s later (commits land
+  meanwhile); once it stops Redis (SIGTERM: with AOF nothing is lost), waits 3 s and
+  starts it again on the same port and folder. Workers and observers are never restarted
+  because of the Redis outage: they must reconnect by themselves.
+* Then the script waits for quiet: every pushed commit has a final report, or a time-out
+  (240 s).
+
+Figures (final line ``chaos: pushed N, reports R, lost L, overlapping duplicates D, max
+recovery X.Xs, attempts {...}``):
+
+* lost: pushed commits without a final report at the end;
+* overlapping duplicates: pairs of executions of the same commit whose [start, end]
+  intervals overlap in time. An execution's interval runs from its first test start to
+  its last known instant (a test that never logged its end counts until its start only,
+  so an overlap counted is certain; overlaps that a killed test *may* have had are listed
+  as "possible" and not counted);
+* recovery: for each worker SIGKILL that interrupted a run — the worker held a commit's
+  lease (``ciq:lease:*`` whose run id is the one in the commit's ``ciq:commit:*`` hash
+  with the victim's name in ``worker``, read just before the kill) and the final report
+  is not that run's — seconds from the kill until that commit's next execution starts;
+* attempts: histogram of ``attempts`` over the final reports.
+
+Targets: 0 lost, 0 overlapping duplicates, every recovery under 10 s (the exit status is
+0 only then). ``--quick`` pushes 16 commits over 20 s (so fewer kills), for a smoke test.
+Raw data go to ``bench/results/chaos.json`` and the processes' logs to
+``bench/results/chaos-logs/``. Every process started here is stopped by pid in a
+``finally`` block and the temporary directory removed. Another load on the machine (a
+test suite) makes the timings noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from ciq.gitrepo import normalise_repo
+from ciq.keys import repo_id
+from ciq.store import Store, task_id
+
+WORKERS = ("chaos1", "chaos2", "chaos3")
+REPOS = ("alpha", "beta")
+WORKER_ENV = {"CIQ_LEASE_TTL": "5", "CIQ_RECONCILE_INTERVAL": "1", "CIQ_MAX_ATTEMPTS": "5"}
+OBSERVER_INTERVAL = "0.5"
+TESTS_PER_COMMIT = 3
+SLEEP_RANGE = (0.3, 1.5)  # seconds each test sleeps, random per commit
+KILL_EVERY = (3.0, 6.0)  # seconds between two worker kills
+OBSERVER_KILLS = 2
+OBSERVER_DOWN = (1.0, 3.0)  # seconds the observers stay dead
+REDIS_DOWN = 3.0  # seconds Redis stays stopped
+QUIET_TIMEOUT = 240.0
+RECOVERY_TARGET = 10.0
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TEST_FILE = """\
+import os, time
+
+LOG = {log!r}
+REPO = {repo!r}
+COMMIT = {number}
+SLEEPS = {sleeps!r}
+
+
+def _record(start, end):
+    line = f"{{REPO}} {{COMMIT}} {{os.getpid()}} {{start:.6f}} {{end}}\\n"
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _run(i):
+    start = time.time()
+    _record(start, "-")
+    time.sleep(SLEEPS[i])
+    _record(start, f"{{time.time():.6f}}")
+"""
+TEST_FUNC = "\n\ndef test_{i}():\n    _run({i})\n"
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Chaos", "GIT_AUTHOR_EMAIL": "chaos@example.org",
+           "GIT_COMMITTER_NAME": "Chaos", "GIT_COMMITTER_EMAIL": "chaos@example.org"}
+
+T0 = time.time()  # reset when the pushes start; printed times are relative to it
+
+
+def say(message: str) -> None:
+    print(f"[{time.time() - T0:7.2f}s] {message}", flush=True)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+    return value
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+# -- the world: redis-server, daemons, repositories ------------------------------------------
+
+
+@dataclass
+class Daemon:
+    """A worker or an observer: started, killed and started again, each time a new log."""
+
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    logs: list[Path] = field(default_factory=list)
+    up: bool = False  # started and ready; the chaos thread only picks daemons that are up
+
+
+@dataclass
+class Repo:
+    name: str
+    server: Path  # the bare repository the observer watches and the workers fetch from
+    clone: Path  # where commits are made and pushed from
+    key: str  # the repository as ciq names it (normalise_repo of the server)
+
+
+class World:
+    """The private world of one run; ``close`` stops everything it started."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="ciq-chaos-")).resolve()
+        (self.root / "logs").mkdir()
+        self.exec_log = self.root / "executions.log"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.store = Store.from_url(self.url)
+        self.redis: subprocess.Popen | None = None
+        self.redis_starts = 0
+        self.all_procs: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+        self.closing = False
+        self.workers = {name: self._worker(name) for name in WORKERS}
+        self.repos = {name: self._repo(name) for name in REPOS}
+        self.observers = {name: self._observer(repo) for name, repo in self.repos.items()}
+
+    # Redis ------------------------------------------------------------------------------
+
+    def start_redis(self) -> None:
+        (self.root / "redis").mkdir(exist_ok=True)
+        self.redis_starts += 1
+        log = self.root / "logs" / f"redis-{self.redis_starts}.log"
+        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+               "--dir", str(self.root / "redis"), "--save", "", "--appendonly", "yes",
+               "--appendfsync", "always", "--logfile", str(log)]
+        self.redis = self._popen(cmd, None, subprocess.DEVNULL)
+        if not wait_for(self.redis_up, 20):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def redis_up(self) -> bool:
+        try:
+            return bool(self.store.client.ping())
+        except redis.RedisError:
+            return False
+
+    def stop_redis(self) -> None:
+        assert self.redis is not None
+        os.kill(self.redis.pid, signal.SIGTERM)  # with AOF always: nothing is lost
+        self.redis.wait(30)
+
+    # Daemons ----------------------------------------------------------------------------
+
+    def env(self, data_dir: Path, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
+        env.update(CIQ_BROKER_URL=self.url, CIQ_RESULT_BACKEND=self.url,
+                   CIQ_DATA_DIR=str(data_dir), **extra)
+        return env
+
+    def _worker(self, name: str) -> Daemon:
+        cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
+               "--concurrency=1", "--without-mingle", "--without-gossip",
+               f"--hostname={name}@%h"]
+        return Daemon(name, cmd, self.env(self.root / f"host-{name}", **WORKER_ENV))
+
+    def _observer(self, repo: Repo) -> Daemon:
+        cmd = [sys.executable, "-m", "ciq", "observe", repo.key, "--interval", OBSERVER_INTERVAL]
+        return Daemon(f"observer-{repo.name}", cmd, self.env(self.root / f"obs-{repo.name}"))
+
+    def _popen(self, cmd: list[str], env: dict[str, str] | None, out) -> subprocess.Popen:
+        with self.lock:
+            if self.closing:
+                raise RuntimeError("shutting down")
+            proc = subprocess.Popen(cmd, env=env, cwd=self.root, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.all_procs.append(proc)
+        return proc
+
+    def spawn(self, d: Daemon) -> None:
+        log = self.root / "logs" / f"{d.name}-{len(d.logs) + 1}.log"
+        d.logs.append(log)
+        with open(log, "wb") as out:
+            d.proc = self._popen(d.cmd, d.env, out)
+
+    def worker_ready(self, d: Daemon, timeout: float = 60) -> bool:
+        """Wait for the current incarnation's " ready." line (or its death)."""
+        assert d.proc is not None
+        log, proc = d.logs[-1], d.proc
+        wait_for(lambda: proc.poll() is not None or " ready." in log.read_text(errors="replace"),
+                 timeout, 0.05)
+        return proc.poll() is None and " ready." in log.read_text(errors="replace")
+
+    # Repositories -------------------------------------------------------------------------
+
+    def _repo(self, name: str) -> Repo:
+        server, clone = self.root / f"{name}.git", self.root / name
+        subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(server)], check=True)
+        clone.mkdir()
+        git(clone, "init", "-q", "-b", "main")
+        git(clone, "remote", "add", "origin", str(server))
+        return Repo(name, server, clone, normalise_repo(str(server)))
+
+    def push_commit(self, repo: Repo, number: int, sleeps: list[float]) -> str:
+        text = TEST_FILE.format(log=str(self.exec_log), repo=repo.name, number=number,
+                                sleeps=sleeps)
+        text += "".join(TEST_FUNC.format(i=i) for i in range(len(sleeps)))
+        (repo.clone / "tests").mkdir(exist_ok=True)
+        (repo.clone / "tests" / "test_chaos.py").write_text(text)
+        git(repo.clone, "add", "-A")
+        git(repo.clone, "commit", "-q", "-m", f"commit {number}")
+        git(repo.clone, "push", "-q", "origin", "main")
+        return git(repo.clone, "rev-parse", "HEAD")
+
+    # Shutting down --------------------------------------------------------------------------
+
+    def close(self) -> dict[int, str]:
+        """Stop every process started here (Redis last), kill leftovers, keep the logs."""
+        with self.lock:
+            self.closing = True
+        daemons = [*self.observers.values(), *self.workers.values()]
+        for proc in [p for p in self.all_procs if p is not self.redis] + [self.redis]:
+            if proc is not None:
+                stop(proc, grace=15 if any(d.proc is proc for d in daemons) else 10)
+        self.store.client.close()
+        deadline = time.monotonic() + 5  # let orphaned test trees and supervisors go
+        while (leaks := self._ours()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in leaks:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        keep = RESULTS / "chaos-logs"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(self.root / "logs", keep)
+        if self.exec_log.exists():
+            shutil.copy(self.exec_log, keep / "executions.log")
+        shutil.rmtree(self.root, ignore_errors=True)
+        return leaks
+
+    def _ours(self) -> dict[int, str]:
+        """Live processes that run in (or name) this run's temp dir: only ours can."""
+        found = {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if cwd.startswith(str(self.root)) or str(self.root) in cmd:
+                found[int(pid)] = cmd[:120]
+        return found
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the main process (a warm shutdown for a worker), then SIGKILL to its
+    whole session."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(grace)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+
+def start(world: World, rng: random.Random) -> None:
+    """Redis, three workers, the initial commit of each repository, its observer; returns
+    once both initial commits are reported (observers placed, mirrors made)."""
+    world.start_redis()
+    for w in world.workers.values():
+        world.spawn(w)
+    for w in world.workers.values():
+        if not world.worker_ready(w):
+            raise RuntimeError(f"worker {w.name} did not start:\n"
+                               + w.logs[-1].read_text(errors="replace")[-3000:])
+        w.up = True
+    heads = {name: world.push_commit(repo, 0, sleeps(rng)) for name, repo in world.repos.items()}
+    for o in world.observers.values():
+        world.spawn(o)
+        o.up = True
+    for name, sha in heads.items():
+        key = world.repos[name].key
+        if not wait_for(lambda k=key, s=sha: world.store.report(k, s), 90):
+            raise RuntimeError(f"the initial commit of {name} got no report in 90 s")
+    say(f"set-up done: redis on port {world.port} (AOF always), workers {', '.join(WORKERS)}, "
+        f"observers of {', '.join(REPOS)}; initial commits reported")
+
+
+def sleeps(rng: random.Random) -> list[float]:
+    return [round(rng.uniform(*SLEEP_RANGE), 3) for _ in range(TESTS_PER_COMMIT)]
+
+
+# -- chaos ---------------------------------------------------------------------------------------
+
+
+@dataclass(order=True)
+class Event:
+    at: float  # seconds after the pushes start
+    kind: str  # "worker", "observers" or "redis"
+    target: str = ""
+    how: str = ""
+
+
+def schedule(rng: random.Random, duration: float) -> list[Event]:
+    """Every event of the run, drawn up front from the seeded generator."""
+    events = []
+    t = rng.uniform(*KILL_EVERY)
+    while t < duration:
+        events.append(Event(t, "worker", rng.choice(WORKERS), rng.choice(["SIGKILL", "SIGTERM"])))
+        t += rng.uniform(*KILL_EVERY)
+    for i in range(OBSERVER_KILLS):  # one in each half of the second to second-to-last fifth
+        lo, hi = (0.15, 0.45) if i == 0 else (0.55, 0.85)
+        events.append(Event(rng.uniform(lo, hi) * duration, "observers",
+                            how=f"{rng.uniform(*OBSERVER_DOWN):.2f}"))
+    events.append(Event(rng.uniform(0.35, 0.65) * duration, "redis"))
+    return sorted(events)
+
+
+class Chaos(threading.Thread):
+    """Plays the schedule against the world; records what each event did in ``log``."""
+
+    def __init__(self, world: World, events: list[Event], rng: random.Random) -> None:
+        super().__init__(name="chaos", daemon=True)
+        self.world, self.events, self.rng = world, events, rng
+        self.stop = threading.Event()
+        self.log: list[dict] = []
+        self.restarters: list[threading.Thread] = []
+
+    def run(self) -> None:
+        for ev in self.events:
+            if self.stop.wait(max(0.0, T0 + ev.at - time.time())):
+                return
+            try:
+                {"worker": self.kill_worker, "observers": self.kill_observers,
+                 "redis": self.restart_redis}[ev.kind](ev)
+            except Exception as exc:  # keep the chaos going; report the failure
+                say(f"chaos: {ev.kind} event failed: {exc!r}")
+                self.log.append({"kind": ev.kind, "at": time.time(), "error": repr(exc)})
+
+    # Workers ----------------------------------------------------------------------------
+
+    def kill_worker(self, ev: Event) -> None:
+        up = [n for n in WORKERS if self.world.workers[n].up]
+        if not up:
+            say(f"chaos: no worker up to {ev.how}; skipped")
+            return
+        # the drawn victim, or the next one up (a victim still restarting is skipped)
+        name = next(n for n in (WORKERS * 2)[WORKERS.index(ev.target):] if n in up)
+        w = self.world.workers[name]
+        assert w.proc is not None
+        held = runs_held_by(self.world.store, name)
+        killed_at = time.time()
+        if ev.how == "SIGKILL":
+            os.killpg(w.proc.pid, signal.SIGKILL)
+        else:
+            os.kill(w.proc.pid, signal.SIGTERM)
+        w.up = False
+        record = {"kind": "worker", "worker": name, "signal": ev.how, "at": killed_at,
+                  "held": held, "log": str(w.logs[-1].name)}
+        self.log.append(record)
+        shown = ", ".join(f"{h['repo_name']} #{h['number']}" for h in held or []) or (
+            "nothing" if held is not None else "unknown (Redis unreadable)")
+        say(f"chaos: {ev.how} {name} (running: {shown})")
+        t = threading.Thread(target=self._restart_worker, args=(w, record), daemon=True)
+        self.restarters.append(t)
+        t.start()
+
+    def _restart_worker(self, w: Daemon, record: dict) -> None:
+        assert w.proc is not None
+        try:
+            w.proc.wait(60)  # a warm shutdown lets the current run finish first
+        except subprocess.TimeoutExpired:
+            say(f"chaos: {w.name} still alive 60 s after {record['signal']}; SIGKILL")
+            os.killpg(w.proc.pid, signal.SIGKILL)
+            w.proc.wait()
+        record["exited_at"] = time.time()
+        try:
+            self.world.spawn(w)
+        except RuntimeError:
+            return  # shutting down
+        ready = self.world.worker_ready(w)
+        record["ready_at"] = time.time() if ready else None
+        w.up = ready
+        say(f"chaos: {w.name} restarted" + (
+            f", ready {record['ready_at'] - record['at']:.1f}s after the {record['signal']}"
+            if ready else " but NOT ready after 60 s"))
+
+    # Observers ----------------------------------------------------------------------------
+
+    def kill_observers(self, ev: Event) -> None:
+        killed_at = time.time()
+        for o in self.world.observers.values():
+            assert o.proc is not None
+            os.killpg(o.proc.pid, signal.SIGKILL)
+            o.proc.wait()
+            o.up = False
+        down = float(ev.how)
+        say(f"chaos: SIGKILL observers; restart in {down:.1f}s")
+        self.stop.wait(down)
+        for o in self.world.observers.values():
+            self.world.spawn(o)
+            o.up = True
+        self.log.append({"kind": "observers", "at": killed_at, "restarted_at": time.time()})
+        say("chaos: observers restarted")
+
+    # Redis --------------------------------------------------------------------------------
+
+    def restart_redis(self, ev: Event) -> None:
+        stopped_at = time.time()
+        self.world.stop_redis()
+        say(f"chaos: redis-server stopped (SIGTERM); start again in {REDIS_DOWN:g}s")
+        self.stop.wait(REDIS_DOWN)
+        self.world.start_redis()
+        self.log.append({"kind": "redis", "at": stopped_at, "restarted_at": time.time()})
+        say("chaos: redis-server up again (same port, same AOF)")
+
+
+def runs_held_by(store: Store, worker: str) -> list[dict] | None:
+    """Commits whose live lease belongs to a run on ``worker`` (None: Redis unreadable)."""
+    try:
+        held = []
+        for key in store.client.scan_iter("ciq:lease:*", count=1000):
+            run_id = store.client.get(key)
+            _, _, rid, sha = key.split(":")
+            meta = store.client.hgetall(f"ciq:commit:{rid}:{sha}")
+            if run_id and meta.get("run_id") == run_id and \
+                    meta.get("worker", "").startswith(f"{worker}@"):
+                held.append({"repo": meta["repo"], "sha": sha, "run_id": run_id,
+                             "attempts": int(meta.get("attempts") or 0)})
+        return held
+    except redis.RedisError:
+        return None
+
+
+# -- pushing and waiting ---------------------------------------------------------------------------
+
+
+def push_all(world: World, n: int, duration: float, rng: random.Random) -> list[dict]:
+    """One commit every ``duration / n`` seconds, alternating between the repositories."""
+    pushed = []
+    for number in range(1, n + 1):
+        time.sleep(max(0.0, T0 + (number - 1) * duration / n - time.time()))
+        repo = world.repos[REPOS[(number - 1) % len(REPOS)]]
+        planned = sleeps(rng)
+        sha = world.push_commit(repo, number, planned)
+        pushed.append({"number": number, "repo_name": repo.name, "repo": repo.key, "sha": sha,
+                       "pushed_at": time.time(), "sleeps": planned})
+    say(f"pushed {n} commits")
+    return pushed
+
+
+def wait_for_quiet(world: World, pushed: list[dict], timeout: float) -> dict[int, object]:
+    """Poll until every pushed commit has a final report (or the time-out)."""
+    deadline = time.monotonic() + timeout
+    reports: dict[int, object] = {}
+    last_shown = 0.0
+    while True:
+        for c in pushed:
+            if c["number"] not in reports:
+                try:
+                    found = world.store.report(c["repo"], c["sha"])
+                except redis.RedisError:
+                    found = None
+                if found is not None:
+                    reports[c["number"]] = found
+        if len(reports) == len(pushed) or time.monotonic() > deadline:
+            break
+        if time.monotonic() - last_shown > 10:
+            last_shown = time.monotonic()
+            say(f"waiting for quiet: {len(reports)}/{len(pushed)} reports")
+        time.sleep(0.2)
+    say(f"quiet: {len(reports)}/{len(pushed)} reports")
+    return reports
+
+
+# -- analysis --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Execution:
+    """One pytest process of one commit, as its tests logged it."""
+
+    repo: str
+    number: int
+    pid: int
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+
+    @property
+    def first(self) -> float:
+        return min(self.starts)
+
+    @property
+    def last(self) -> float:
+        """The last instant it is known to have run."""
+        return max(self.starts + self.ends)
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.starts) - len(self.ends)
+
+
+def read_executions(path: Path) -> list[Execution]:
+    runs: dict[tuple[str, int, int], Execution] = {}
+    if not path.exists():
+        return []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 5:
+            continue
+        repo, number, pid, begin, end = parts
+        key = (repo, int(number), int(pid))
+        ex = runs.setdefault(key, Execution(repo, int(number), int(pid)))
+        if end == "-":
+            ex.starts.append(float(begin))
+        else:
+            ex.ends.append(float(end))
+    return sorted(runs.values(), key=lambda e: e.first)
+
+
+def overlaps(executions: list[Execution], planned: dict[tuple[str, int], list[float]]
+             ) -> tuple[list[dict], list[dict]]:
+    """Pairs of executions of one commit overlapping in time: certain ones (from logged
+    instants) and possible ones (a killed test may have run until its planned end)."""
+    by_commit: dict[tuple[str, int], list[Execution]] = defaultdict(list)
+    for ex in executions:
+        by_commit[(ex.repo, ex.number)].append(ex)
+    certain, possible = [], []
+    for key, runs in by_commit.items():
+        longest = max(planned.get(key, [SLEEP_RANGE[1]])) + 0.5
+        for i, a in enumerate(runs):
+            for b in runs[i + 1:]:  # sorted by first start: a started first
+                pair = {"repo": key[0], "number": key[1], "pids": [a.pid, b.pid],
+                        "a": [a.first, a.last], "b": [b.first, b.last]}
+                if b.first <= a.last:
+                    certain.append(pair)
+                elif a.unfinished and b.first <= a.last + longest:
+                    possible.append(pair)
+    return certain, possible
+
+
+def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object],
+               executions: list[Execution], ended_at: float) -> list[dict]:
+    """For each SIGKILL that interrupted a run: seconds until the commit ran again."""
+    number_of = {(c["repo"], c["sha"]): c for c in pushed}
+    rows = []
+    for k in kills:
+        if k["signal"] != "SIGKILL" or not k.get("held"):
+            continue
+        for h in k["held"]:
+            c = number_of.get((h["repo"], h["sha"]))
+            if c is None:  # an initial commit
+                continue
+            report = reports.get(c["number"])
+            row = {"worker": k["worker"], "killed_at": k["at"], "repo_name": c["repo_name"],
+                   "number": c["number"], "run_id": h["run_id"], "attempt": h["attempts"]}
+            if report is not None and report.run_id == h["run_id"]:
+                row["outcome"] = "finished before the kill landed"
+                rows.append(row)
+                continue
+            later = [ex.first for ex in executions if ex.repo == c["repo_name"]
+                     and ex.number == c["number"] and ex.first > k["at"]]
+            if later:
+                row["recovery"] = min(later) - k["at"]
+                row["outcome"] = "rerun"
+            else:
+                row["recovery"] = ended_at - k["at"]  # a lower bound: it never ran again
+                row["outcome"] = "never ran again"
+            rows.append(row)
+    return rows
+
+
+PROBLEM = re.compile(r"Traceback|ERROR|CRITICAL|Error:|lost|Exception")
+TIMESTAMP = re.compile(r"^\[?[\d\-: ,.T]+\]?\s*")
+
+
+def log_problems(logs: Path) -> dict[str, list[str]]:
+    """Lines of each log that look like an error (tracebacks with their last lines)."""
+    found: dict[str, list[str]] = {}
+    for log in sorted(logs.glob("*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        keep = []
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback"):
+                j = i + 1  # the traceback's body and its last line (the exception)
+                while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j]):
+                    j += 1
+                keep.append("  | ".join([line] + lines[j:j + 1]))
+            elif PROBLEM.search(line) and not line.startswith((" ", "\t")):
+                keep.append(line)
+        if keep:
+            found[log.name] = keep
+    return found
+
+
+def lost_state(world: World, c: dict) -> dict:
+    """What Redis knows of a commit with no report: for the diagnosis."""
+    s, rid = world.store, c["repo"]
+    tid = task_id(rid, c["sha"])  # in the headers of each of the commit's messages
+    try:
+        member = f"{repo_id(rid)}:{c['sha']}"
+        queued = [m for m in s.client.lrange("ciq", 0, -1) if tid in m]
+        unacked = [k for k, v in (s.client.hgetall("unacked") or {}).items() if tid in v]
+        return {"commit": s.commit(rid, c["sha"]), "lease": s.lease_holder(rid, c["sha"]),
+                "in_started": bool(s.client.sismember("ciq:started", member)),
+                "in_unsent": s.client.zscore("ciq:unsent", member) is not None,
+                "messages_in_queue": len(queued), "unacked_messages": len(unacked)}
+    except redis.RedisError as exc:
+        return {"error": repr(exc)}
+
+
+def analyse(world: World, pushed: list[dict], reports: dict[int, object], chaos: Chaos,
+            quiet_at: float) -> dict:
+    executions = read_executions(world.exec_log)
+    planned = {(c["repo_name"], c["number"]): c["sleeps"] for c in pushed}
+    certain, possible = overlaps(executions, planned)
+    kills = [e for e in chaos.log if e["kind"] == "worker"]
+    rec = recoveries(kills, pushed, reports, executions, quiet_at)
+    lost = [c for c in pushed if c["number"] not in reports]
+    per_commit = Counter((ex.repo, ex.number) for ex in executions)
+    return {
+        "executions": [ex.__dict__ for ex in executions],
+        "overlapping": certain,
+        "possibly_overlapping": possible,
+        "recoveries": rec,
+        "lost": [{**c, "redis": lost_state(world, c)} for c in lost],
+        "reports": {n: {"status": r.status, "attempts": r.attempts, "worker": r.worker,
+                        "run_id": r.run_id, "started_at": r.started_at,
+                        "finished_at": r.finished_at, "message": r.message}
+                    for n, r in sorted(reports.items())},
+        "attempts": dict(sorted(Counter(r.attempts for r in reports.values()).items())),
+        "statuses": dict(Counter(r.status for r in reports.values())),
+        "executions_per_commit": dict(sorted(Counter(
+            per_commit.get((c["repo_name"], c["number"]), 0) for c in pushed).items())),
+        "max_recovery": max((r["recovery"] for r in rec if "recovery" in r), default=0.0),
+    }
+
+
+def show(result: dict, problems: dict[str, list[str]]) -> None:
+    """The details above the final line."""
+    print(f"report statuses: {result['statuses']}; executions per commit (count: commits): "
+          f"{result['executions_per_commit']}")
+    for r in result["recoveries"]:
+        head = f"  SIGKILL {r['worker']} during {r['repo_name']} #{r['number']} " \
+               f"(attempt {r['attempt']}): "
+        if "recovery" in r:
+            flag = "" if r["recovery"] < RECOVERY_TARGET else "  <-- over target"
+            print(f"{head}{r['outcome']} {r['recovery']:.1f}s after the kill{flag}")
+        else:
+            print(f"{head}{r['outcome']}")
+    if not any("recovery" in r for r in result["recoveries"]):
+        print("no worker SIGKILL interrupted a run (max recovery 0.0 means: none measured)")
+    for c in result["lost"]:
+        print(f"  LOST {c['repo_name']} #{c['number']} {c['sha'][:12]}: {c['redis']}")
+    for p in result["overlapping"]:
+        print(f"  OVERLAP {p['repo']} #{p['number']} pids {p['pids']}: "
+              f"{p['a'][0] - T0:.2f}-{p['a'][1] - T0:.2f}s and "
+              f"{p['b'][0] - T0:.2f}-{p['b'][1] - T0:.2f}s")
+    for p in result["possibly_overlapping"]:
+        print(f"  possible overlap (a killed test's end is unknown) {p['repo']} #{p['number']} "
+              f"pids {p['pids']}: {p['a'][0] - T0:.2f}-{p['a'][1] - T0:.2f}s(+?) and "
+              f"{p['b'][0] - T0:.2f}s-")
+    for name, lines in problems.items():
+        print(f"--- {name}: {len(lines)} error-looking lines (first and last shown)")
+        for line in (lines if len(lines) <= 6 else lines[:3] + ["..."] + lines[-3:]):
+            print(f"    {line[:300]}")
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    global T0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, help="seed of the random generator (default: random)")
+    parser.add_argument("--commits", type=int, help="commits to push (default 60; 16 quick)")
+    parser.add_argument("--duration", type=float, metavar="S",
+                        help="seconds over which they are pushed (default 60; 20 quick)")
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+    parser.add_argument("--timeout", type=float, default=QUIET_TIMEOUT, metavar="S",
+                        help=f"seconds to wait for quiet after the pushes ({QUIET_TIMEOUT:g})")
+    args = parser.parse_args()
+    commits = args.commits or (16 if args.quick else 60)
+    duration = args.duration or (20.0 if args.quick else 60.0)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed (apt-get install -y redis-server)")
+        return 2
+    rng = random.Random(seed)
+    events = schedule(rng, duration)
+    kinds = Counter(e.kind if e.kind != "worker" else f"worker {e.how}" for e in events)
+    print(f"ciq chaos bench: seed {seed}, {commits} commits over {duration:g}s, events "
+          f"{dict(kinds)}" + (" (quick)" if args.quick else ""), flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
+    world = World()
+    chaos = Chaos(world, events, rng)
+    results: dict = {"seed": seed, "commits": commits, "duration": duration,
+                     "quick": args.quick, "events_planned": [e.__dict__ for e in events]}
+    leaks: dict[int, str] = {}
+    try:
+        start(world, random.Random(seed + 1))
+        T0 = time.time()
+        results["t0"] = T0
+        chaos.start()
+        pushed = push_all(world, commits, duration, random.Random(seed + 2))
+        chaos.join()  # the schedule ends within the push window (plus a restart or two)
+        reports = wait_for_quiet(world, pushed, args.timeout)
+        quiet_at = time.time()
+        for t in chaos.restarters:
+            t.join(70)
+        result = analyse(world, pushed, reports, chaos, quiet_at)
+        problems = log_problems(world.root / "logs")
+        results.update(pushed=pushed, events=chaos.log, log_problems=problems, **result)
+    except BaseException:
+        for log in sorted((world.root / "logs").glob("*.log")):
+            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(
+                errors="replace").splitlines()[-10:]), file=sys.stderr)
+        raise
+    finally:
+        chaos.stop.set()
+        leaks = world.close()
+        results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
+        for pid, cmd in leaks.items():
+            print(f"warning: process left running, killed: {pid} {cmd}")
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "chaos.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    show(result, problems)
+    lost, dups, worst = len(result["lost"]), len(result["overlapping"]), result["max_recovery"]
+    print(f"raw data in {RESULTS / 'chaos.json'}, logs in {RESULTS / 'chaos-logs'}; seed {seed}")
+    print(f"chaos: pushed {commits}, reports {len(reports)}, lost {lost}, overlapping "
+          f"duplicates {dups}, max recovery {worst:.1f}s, attempts {result['attempts']}")
+    return 0 if lost == 0 and dups == 0 and worst < RECOVERY_TARGET else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
