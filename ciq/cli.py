@@ -272,6 +272,20 @@ def _print_report(r: Any, colour: bool) -> None:
 
 
 @cli.command()
+@click.option("--older-than", "days", required=True, type=click.FloatRange(min=0),
+              metavar="DAYS", help="Delete reports of commits first seen before this.")
+@click.option("--repo", "repos", multiple=True, help="Only these repositories (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Count what would go; delete nothing.")
+def prune(days: float, repos: tuple[str, ...], dry_run: bool) -> None:
+    """Delete old final reports. Nothing is ever pruned unless you run this (cron it)."""
+    settings = _settings()
+    store = _store(settings)
+    targets = [_repo_arg(r, store) for r in repos] or store.repos()
+    total = sum(store.prune(r, days * 86400, dry_run) for r in targets)
+    click.echo(f"{'would prune' if dry_run else 'pruned'} {total} reports")
+
+
+@cli.command()
 @click.argument("repo", required=False)
 @click.option("--once", is_flag=True,
               help="Stop after the reports of the first poll (exit 1 if one is red).")
@@ -302,6 +316,9 @@ def main() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         fail("aborted", 130)
+    except click.UsageError as exc:  # one line, not click's three
+        where = exc.ctx.command_path if exc.ctx else "ciq"
+        fail(f"{exc.format_message()} (see `{where} --help`)", exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

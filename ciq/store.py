@@ -293,6 +293,25 @@ class Store:
             rows.append({"sha": sha, "state": state, "meta": meta, "report": report})
         return rows
 
+    def prune(self, repo: str, older_than: float, dry_run: bool = False) -> int:
+        """Delete final reports (and their history entries) of commits first seen more
+        than ``older_than`` seconds ago; commits without a final report stay."""
+        rid = repo_id(repo)
+        cutoff = now_us() - int(older_than * 1_000_000)
+        old = self.client.zrangebyscore(f"ciq:index:{rid}", "-inf", cutoff)
+        pruned = 0
+        for sha in old:
+            key = self.report_key(repo, sha)
+            if not self.client.exists(key):
+                continue
+            if not dry_run:
+                pipe = self.client.pipeline(transaction=True)
+                pipe.delete(key, self._commit_key(rid, sha))
+                pipe.zrem(f"ciq:index:{rid}", sha)
+                pipe.execute()
+            pruned += 1
+        return pruned
+
     # -- observer positions ---------------------------------------------------------------
 
     def position(self, repo: str, branch: str) -> str | None:

@@ -168,3 +168,16 @@ def test_enqueue_with_a_separate_broker_goes_through_redis_py(
 
     assert redis.Redis.from_url(broker).llen("ciq") == 1
     assert store.client.llen("ciq") == 0 and store.unsent(older_than=0) == []
+
+
+def test_prune_deletes_only_old_final_reports(settings: Settings, store: Store,
+                                              reported: tuple[str, str]) -> None:
+    repo, sha = reported
+    store.claim(repo, "f" * 40, "main", {})  # queued: never pruned
+    assert "pruned 0 reports" in run_ciq(settings, "prune", "--older-than", "1").stdout
+    done = run_ciq(settings, "prune", "--older-than", "0", "--dry-run")
+    assert "would prune 1 reports" in done.stdout and store.report(repo, sha) is not None
+    assert "pruned 1 reports" in run_ciq(settings, "prune", "--older-than", "0").stdout
+    assert store.report(repo, sha) is None
+    assert [r["sha"] for r in store.recent(repo)] == ["f" * 40]
+    assert_one_line_error(run_ciq(settings, "prune", "--older-than", "-1"), "-1")
