@@ -614,7 +614,7 @@ def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object]
     number_of = {(c["repo"], c["sha"]): c for c in pushed}
     rows = []
     for k in kills:
-        if k["signal"] != "SIGKILL" or not k.get("held"):
+        if k.get("signal") != "SIGKILL" or not k.get("held"):
             continue
         for h in k["held"]:
             c = number_of.get((h["repo"], h["sha"]))

@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import redis
@@ -23,6 +22,7 @@ import redis
 from . import outbox
 from .report import Report, utcnow
 from .runner import RunPlan, clean_up, run_commit
+from .settings import Settings
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -91,16 +91,15 @@ def acquire(store: Store, repo: str, sha: str, run_id: str, ttl: float, worker: 
         time.sleep(LEASE_POLL)
 
 
-def execute(
-    store: Store, repo: str, sha: str, branch: str | None, *, data_dir: Path, worker: str,
-    lease_ttl: float, max_attempts: int, time_limit: float, output_limit: int,
-) -> Report | None:
+def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str | None,
+            worker: str) -> Report | None:
     """Run a commit once under its lease and store its report.
 
     Returns the report this call stored, or None when it stood down (the commit was
     already reported, or a live run holds it).
     """
     run_id = uuid.uuid4().hex
+    lease_ttl, max_attempts = settings.lease_ttl, settings.max_attempts
     attempt = patiently(f"run {run_id}",
                         lambda: acquire(store, repo, sha, run_id, lease_ttl, worker))
     if attempt == -1:
@@ -121,8 +120,8 @@ def execute(
         else:
             plan = RunPlan(
                 repo=repo, sha=sha, branch=branch, run_id=run_id, worker=worker,
-                attempts=attempt, data_dir=data_dir, time_limit=time_limit,
-                output_limit=output_limit,
+                attempts=attempt, data_dir=settings.data_dir, time_limit=settings.time_limit,
+                output_limit=settings.output_limit, min_free_bytes=settings.min_free_mb << 20,
             )  # fmt: skip
             with Heartbeat(store, repo, sha, run_id, lease_ttl):
                 try:
@@ -134,7 +133,7 @@ def execute(
                         attempts=attempt, run_id=run_id, finished_at=utcnow(),
                         message=f"ciq internal error: {exc!r}",
                     )  # fmt: skip
-        saved = outbox.save(data_dir, report)
+        saved = outbox.save(settings.data_dir, report)
         if patiently(f"run {run_id}", lambda: outbox.deliver(store, saved, report)):
             logger.info("run %s: %s %s (%d tests, %.2fs)", run_id, sha[:12], report.status,
                         report.summary.total, report.duration)

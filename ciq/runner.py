@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds the sandbox gets to kill the test tree after a stop request.
 STOP_GRACE = 5.0
+#: Seconds between two looks at the free space of the worktree's disk.
+DISK_POLL = 0.25
 #: Seconds to wait for the output pipe to close once the sandbox is gone.
 DRAIN_GRACE = 5.0
 #: Environment variables the code under test never sees (broker and backend credentials).
@@ -51,6 +53,7 @@ class RunPlan:
     data_dir: Path
     time_limit: float
     output_limit: int
+    min_free_bytes: int = 0
 
 
 class OutputTail:
@@ -104,13 +107,15 @@ class Completed:
     timed_out: bool
     output: str
     seconds: float
+    disk_full: bool = False
 
 
 def run_sandboxed(
     cmd: list[str], cwd: Path, env: dict[str, str], time_limit: float, output_limit: int,
-    pgid_file: Path,
+    pgid_file: Path, min_free_bytes: int = 0,
 ) -> Completed:
-    """Run ``cmd`` under the sandbox supervisor, killing its whole tree at the time limit."""
+    """Run ``cmd`` under the sandbox supervisor, killing its whole tree at the time limit
+    or when the free space of the disk under ``cwd`` falls below ``min_free_bytes``."""
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", sandbox.__file__, str(pgid_file), "--", *cmd],
@@ -144,9 +149,21 @@ def run_sandboxed(
         if not exited.wait(STOP_GRACE):
             proc.kill()
 
+    disk_full = threading.Event()
+
+    def watch_disk() -> None:
+        while not exited.wait(DISK_POLL):
+            st = os.statvfs(cwd)
+            if st.f_bavail * st.f_frsize < min_free_bytes:
+                disk_full.set()
+                proc.send_signal(sandbox.STOP)
+                return
+
     timer = threading.Timer(time_limit, time_is_up)
     timer.daemon = True
     timer.start()
+    if min_free_bytes:
+        threading.Thread(target=watch_disk, name="ciq-disk", daemon=True).start()
     try:
         proc.wait()
     finally:
@@ -161,7 +178,7 @@ def run_sandboxed(
     reader.join(DRAIN_GRACE)
     stream.close()
     return Completed(proc.returncode, timed_out.is_set(), out.text(),
-                     time.monotonic() - started)
+                     time.monotonic() - started, disk_full.is_set())
 
 
 def kill_recorded_group(pgid_file: Path) -> None:
@@ -224,6 +241,9 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
             ) -> tuple[str, str]:
     if done.timed_out:
         return "timeout", "the test run was killed at the time limit"
+    if done.disk_full:
+        return "error", ("the test run was stopped: the disk of its checkout was nearly full "
+                         "(does a test fill the disk? see CIQ_MIN_FREE_MB)")
     code = done.exit_code
     if code == 0:
         return "passed", ""
@@ -289,7 +309,7 @@ def run_commit(plan: RunPlan) -> Report:
         cmd = default_command(junit_path)
         done = run_sandboxed(
             cmd, worktree, run_environment(dict(os.environ)), plan.time_limit,
-            plan.output_limit, run_dir / "pgid",
+            plan.output_limit, run_dir / "pgid", plan.min_free_bytes,
         )  # fmt: skip
         timings["test"] = round(done.seconds, 3)
         junit_error = None

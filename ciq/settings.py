@@ -42,6 +42,10 @@ class Settings:
     max_attempts: int = 3
     #: Bytes of test output kept in a report: half from the head, half from the tail.
     output_limit: int = 64 * 1024
+    #: MiB that must stay free on the disk of the worktrees: a run that eats into them is
+    #: stopped with an `error` report, so that a test filling the disk cannot starve the
+    #: worker, its outbox or a Redis on the same disk.
+    min_free_mb: int = 64
     #: Name written in reports as `worker`; defaults to the host name.
     worker_name: str = field(default_factory=lambda: os.uname().nodename)
 
@@ -56,6 +60,7 @@ class Settings:
         "reconcile_interval": "CIQ_RECONCILE_INTERVAL",
         "max_attempts": "CIQ_MAX_ATTEMPTS",
         "output_limit": "CIQ_OUTPUT_LIMIT",
+        "min_free_mb": "CIQ_MIN_FREE_MB",
         "worker_name": "CIQ_WORKER_NAME",
     }
 
@@ -65,6 +70,8 @@ class Settings:
                 raise ConfigError(f"{self.ENV[name]} must be a positive number of seconds")
         if self.max_attempts < 1:
             raise ConfigError(f"{self.ENV['max_attempts']} must be at least 1")
+        if self.min_free_mb < 0:
+            raise ConfigError(f"{self.ENV['min_free_mb']} must be a number of MiB, 0 or more")
         if self.output_limit < 1024:
             raise ConfigError(f"{self.ENV['output_limit']} must be at least 1024 bytes")
         for name in ("broker_url", "result_backend"):

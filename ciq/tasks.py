@@ -49,9 +49,5 @@ def run(self: CiqTask, repo: str, sha: str, branch: str | None = None) -> str:
         logger.error("task: dropping run of %r: %s", repo, exc)
         return "rejected"
     worker = os.environ.get(Settings.ENV["worker_name"]) or self.request.hostname or s.worker_name
-    report = execute(
-        self.store, repo, sha, branch, data_dir=s.data_dir, worker=worker,
-        lease_ttl=s.lease_ttl, max_attempts=s.max_attempts, time_limit=s.time_limit,
-        output_limit=s.output_limit,
-    )  # fmt: skip
+    report = execute(self.store, s, repo, sha, branch, worker)
     return report.status if report else "stood down"

@@ -126,3 +126,25 @@ def test_the_code_under_test_sees_no_ciq_secrets(tmp_path: Path) -> None:
                            "CELERY_RESULT_BACKEND": "redis://:pw@h/1"})
     done = run_sandboxed(cmd, tmp_path, env, 30, 4096, tmp_path / "pgid")
     assert done.output.strip() == "[]"
+
+
+def test_a_run_that_fills_the_disk_is_stopped(tmp_path: Path) -> None:
+    # Given a reserve just under what is free now, and a test writing past it
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    reserve = free - (64 << 20)
+    cmd = _script(tmp_path, """
+        import time
+        with open("big", "wb") as fh:
+            for _ in range(1024):          # up to 1 GiB, 1 MiB at a time
+                fh.write(b"x" * (1 << 20))
+                fh.flush()
+                time.sleep(0.002)
+        time.sleep(600)
+    """)
+    done = run_sandboxed(cmd, tmp_path, dict(os.environ), 120, 4096, tmp_path / "pgid",
+                         min_free_bytes=reserve)
+    # Then it is stopped long before its time limit, and says why
+    assert done.disk_full and not done.timed_out
+    assert done.seconds < 30
+    assert (tmp_path / "big").stat().st_size < (512 << 20)
