@@ -259,3 +259,46 @@ def test_submodules_are_not_fetched_and_hooks_never_run(
     # Then no hook ran
     assert wait_report(store, str(repo.path), second).status == "passed"
     assert not proof.exists()
+
+
+def test_a_redis_over_tls(tmp_path: Path, worker, make_repo):
+    import shutil
+    import subprocess
+
+    from .conftest import free_port, stop_process
+
+    # Given a redis-server that speaks only TLS, with a certificate of our own
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--tls-port", str(port),
+         "--bind", "127.0.0.1", "--tls-cert-file", str(tmp_path / "cert.pem"),
+         "--tls-key-file", str(tmp_path / "key.pem"), "--tls-ca-cert-file",
+         str(tmp_path / "cert.pem"), "--tls-auth-clients", "no", "--save", "",
+         "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        url = (f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required"
+               f"&ssl_ca_certs={tmp_path / 'cert.pem'}")
+        store = Store.from_url(url)
+        wait_for(lambda: _pings(store), 10, "the TLS redis-server")
+        # When a worker and `ciq enqueue` use rediss:// URLs
+        settings = settings_for(url, tmp_path / "data")
+        worker(CIQ_BROKER_URL=url, CIQ_RESULT_BACKEND=url)
+        repo = make_repo(PASSING)
+        done = run_ciq(settings, "enqueue", str(repo.path))
+        assert done.returncode == 0, done.stderr
+        # Then the commit is tested and reported over TLS
+        assert wait_report(store, str(repo.path), repo.head()).status == "passed"
+    finally:
+        stop_process(server)
+
+
+def _pings(store: Store) -> bool:
+    try:
+        return bool(store.client.ping())
+    except Exception:
+        return False
