@@ -203,7 +203,7 @@ class Sampler:
         self.probes = {"status REPO": [*ciq, repo], "status": ciq,
                        "status REPO --json --limit 100": [*ciq, repo, "--json", "--limit", "100"],
                        "python -c pass": [sys.executable, "-c", "pass"]}
-        self.times: dict[str, list[float]] = {name: [] for name in self.probes}
+        self.times: dict[str, list[float]] = {}
         self.errors: list[str] = []
         self.samples: list[dict] = []
         self.t0, self.stop, self.submitted = time.monotonic(), threading.Event(), threading.Event()
@@ -221,23 +221,26 @@ class Sampler:
             t.join()
         self.sample()  # the last values: every report stored, the queue drained
 
-    def _probe(self) -> None:
+    def probe_round(self, times: dict[str, list[float]]) -> None:
+        """Each probe once, one after the other; a failure or a short --json is an error."""
         env, rows = self.w.env(self.w.root / "cli"), min(100, len(self.keys))
-        self.submitted.wait()  # probe once every commit is queued (--json shows `rows`)
+        for name, cmd in self.probes.items():
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, env=env, cwd=self.w.root, capture_output=True, text=True)
+            times.setdefault(name, []).append(time.perf_counter() - t0)
+            try:
+                ok = not done.returncode and ("--json" not in cmd
+                                              or len(json.loads(done.stdout)) == rows)
+            except ValueError:
+                ok = False
+            if not ok:
+                self.errors.append(f"{name}: exit {done.returncode} {done.stderr[-300:]}")
+
+    def _probe(self) -> None:
+        self.submitted.wait()  # from when every commit is queued (--json shows 100 rows)
         while not self.stop.is_set():
             began = time.monotonic()
-            for name, cmd in self.probes.items():
-                t0 = time.perf_counter()
-                done = subprocess.run(cmd, env=env, cwd=self.w.root, capture_output=True,
-                                      text=True)
-                self.times[name].append(time.perf_counter() - t0)
-                try:
-                    ok = not done.returncode and ("--json" not in cmd
-                                                  or len(json.loads(done.stdout)) == rows)
-                except ValueError:
-                    ok = False
-                if not ok:
-                    self.errors.append(f"{name}: exit {done.returncode} {done.stderr[-300:]}")
+            self.probe_round(self.times)
             self.stop.wait(max(0.0, PERIOD - (time.monotonic() - began)))
 
     def _rss(self) -> None:
@@ -254,7 +257,7 @@ class Sampler:
             rss[f"{name} children"] = sum(kids.values())
         self.samples.append({"t": time.monotonic() - self.t0,
                              "done": self.w.client.exists(*self.keys),
-                             "used_memory": self.w.client.info("memory")["used_memory"],
+                             "used_memory": redis_memory(self.w)["used_memory"],
                              "rss_mb": {k: v for k, v in rss.items() if v is not None}})
 
 
@@ -271,13 +274,23 @@ def memory_figures(samples: list[dict], n: int) -> dict[str, dict]:
             for label, v in series.items()}
 
 
-def redis_figures(w: World, used: dict[str, int], n: int) -> dict:
+def redis_memory(w: World) -> dict[str, int]:
+    info = w.client.info("memory")
+    return {k: info[k] for k in ("used_memory", "used_memory_dataset", "mem_clients_normal",
+                                 "used_memory_scripts", "used_memory_overhead")}
+
+
+def redis_figures(w: World, used: dict[str, dict[str, int]], n: int) -> dict:
     def usage(pattern: str) -> float:
         keys = list(itertools.islice(w.client.scan_iter(match=pattern, count=1000), 50))
         return statistics.mean(w.client.memory_usage(k, samples=0) for k in keys)
 
-    return {"used_memory": used, "per_commit_bytes": (used["drained"] - used["before"]) / n,
-            "queued_per_commit_bytes": (used["submitted"] - used["before"]) / n,
+    def per_commit(field: str, at: str) -> float:
+        return (used[at][field] - used["before"][field]) / n
+
+    return {"info": used, "per_commit_bytes": per_commit("used_memory", "drained"),
+            "dataset_per_commit_bytes": per_commit("used_memory_dataset", "drained"),
+            "queued_per_commit_bytes": per_commit("used_memory", "submitted"),
             "report_key_bytes": usage("celery-task-meta-*"),
             "commit_hash_bytes": usage("ciq:commit:*")}
 
@@ -292,7 +305,9 @@ def check_reports(w: World, repo: str, shas: list[str]) -> dict:
         "attempts": dict(count(r.attempts for r in got)),
         "commit_hash_attempts": dict(count(w.store.commit(repo, s)["attempts"] for s in shas)),
         "statuses": dict(count(f"{r.status} {r.summary.passed}/{r.summary.total}" for r in got)),
-        "by_worker": dict(count((r.worker or "").split("@")[0] for r in got))}
+        "by_worker": dict(count((r.worker or "").split("@")[0] for r in got)),
+        "run_median_s": {"duration": statistics.median(r.duration for r in got), **{
+            k: statistics.median(r.timings.get(k, 0) for r in got) for k in got[0].timings}}}
     ok = (figures["reports"] == figures["report_keys"] == n and figures["attempts"] == {1: n}
           and figures["commit_hash_attempts"] == {"1": n}
           and figures["statuses"] == {"passed 3/3": n})
@@ -311,7 +326,7 @@ def run(w: World, n: int, n_workers: int) -> dict:
     workers = start_workers(w, n_workers)
     dispatcher = Dispatcher.for_settings(
         Settings(broker_url=w.url, result_backend=w.url, data_dir=w.root / "cli"), w.store)
-    used = {"before": w.client.info("memory")["used_memory"]}
+    used = {"before": redis_memory(w)}
     with Sampler(w, workers, redis_pid, repo, keys) as sampler:
         t0 = time.perf_counter()
         for sha in shas:
@@ -319,17 +334,21 @@ def run(w: World, n: int, n_workers: int) -> dict:
                 raise RuntimeError(f"{sha[:12]} was already claimed")
         submitted = time.perf_counter() - t0
         sampler.submitted.set()
-        used["submitted"] = w.client.info("memory")["used_memory"]
+        used["submitted"] = redis_memory(w)
         wait_for(lambda: w.client.exists(*keys) == n, 120 + 5 * n / n_workers, "the reports",
                  0.1)
         total = time.perf_counter() - t0
-        used["reported"] = w.client.info("memory")["used_memory"]
+        used["reported"] = redis_memory(w)
         wait_for(lambda: not (w.client.llen(Settings.queue) or w.client.hlen("unacked")), 60,
                  "the queue to drain", 0.1)
-        used["drained"] = w.client.info("memory")["used_memory"]
+        used["drained"] = redis_memory(w)
+    idle: dict[str, list[float]] = {}
+    for _ in range(3):  # the same probes once the workers are idle, for comparison
+        sampler.probe_round(idle)
     return {"commits": n, "workers": n_workers, "make_commits_s": made, "submit_s": submitted,
             "total_s": total, "rate": n / total,
-            "status": {k: {"median": statistics.median(v), "max": max(v), "all": v}
+            "status": {k: {"median": statistics.median(v), "max": max(v), "all": v,
+                           "idle_median": statistics.median(idle[k])}
                        for k, v in sampler.times.items()},
             "status_errors": sampler.errors, "memory": memory_figures(sampler.samples, n),
             "redis": redis_figures(w, used, n), "check": check_reports(w, repo, shas),
@@ -341,11 +360,12 @@ def show(r: dict) -> dict[str, bool]:
     status, mem, rd, ck = dict(r["status"]), r["memory"], r["redis"], r["check"]
     bare = status.pop("python -c pass")
     ok1 = all(v["median"] < 1 for v in status.values()) and not r["status_errors"]
-    print("(1) status: " + "; ".join(f"`ciq {k}` median {v['median']:.2f} s, max {v['max']:.2f}"
-                                      " s" for k, v in status.items())
-          + f"; bare `python -c pass` median {bare['median']:.2f} s, max {bare['max']:.2f} s "
-          f"({len(bare['all'])} rounds, {len(r['status_errors'])} errors) - target median "
-          f"< 1 s: {'PASS' if ok1 else 'FAIL'}", flush=True)
+    print("(1) status under load: " + "; ".join(
+        f"`ciq {k}` median {v['median']:.2f} s, max {v['max']:.2f} s (idle {v['idle_median']:.2f}"
+        " s)" for k, v in status.items()) + f"; bare `python -c pass` median {bare['median']:.2f}"
+        f" s, max {bare['max']:.2f} s (idle {bare['idle_median']:.2f} s); {len(bare['all'])} "
+        f"rounds, {len(r['status_errors'])} errors - target median < 1 s: "
+        f"{'PASS' if ok1 else 'FAIL'}", flush=True)
     for label, m in mem.items():
         print(f"    rss {label:<18} first {m['first']:6.1f}  max {m['max']:6.1f}  last "
               f"{m['last']:6.1f} MB  last/first {m['last_over_first']:.2f}  last/half-way "
@@ -363,17 +383,19 @@ def show(r: dict) -> dict[str, bool]:
           f"{mem['redis-server']['first']:.1f} -> {mem['redis-server']['last']:.1f} MB; most "
           f"growth after half-way: {worst} x{procs[worst]['last_over_half']:.2f} - flat "
           f"(<= x1.10): {'PASS' if ok2 else 'FAIL'}", flush=True)
-    u = {k: v / 1e6 for k, v in rd["used_memory"].items()}
+    u = {k: v["used_memory"] / 1e6 for k, v in rd["info"].items()}
     print(f"(3) redis: used_memory {u['before']:.2f} -> {u['submitted']:.2f} (queued) -> "
-          f"{u['reported']:.2f} (reported) -> {u['drained']:.2f} MB (drained) = "
-          f"{rd['per_commit_bytes']:.0f} B per stored commit ({rd['queued_per_commit_bytes']:.0f}"
-          f" B per queued one); MEMORY USAGE: report key {rd['report_key_bytes']:.0f} B, "
-          f"ciq:commit hash {rd['commit_hash_bytes']:.0f} B", flush=True)
+          f"{u['reported']:.2f} (reported) -> {u['drained']:.2f} MB (drained): "
+          f"{rd['per_commit_bytes']:.0f} B per stored commit (dataset only "
+          f"{rd['dataset_per_commit_bytes']:.0f} B; {rd['queued_per_commit_bytes']:.0f} B per "
+          f"queued one); MEMORY USAGE: report key {rd['report_key_bytes']:.0f} B, ciq:commit "
+          f"hash {rd['commit_hash_bytes']:.0f} B", flush=True)
+    runs = ", ".join(f"{k} {v:.2f} s" for k, v in ck["run_median_s"].items())
     print(f"(4) throughput: {r['commits']} commits in {r['total_s']:.1f} s on {r['workers']} "
-          f"workers = {r['rate']:.2f} commits/s (submit {r['submit_s']:.2f} s); reports "
-          f"{ck['reports']}, report keys {ck['report_keys']}, attempts {ck['attempts']}, "
-          f"{ck['statuses']}, by worker {ck['by_worker']} - one report each at attempt 1: "
-          f"{'PASS' if ck['pass'] else 'FAIL'}", flush=True)
+          f"workers = {r['rate']:.2f} commits/s (submit {r['submit_s']:.2f} s; median run: "
+          f"{runs}); reports {ck['reports']}, report keys {ck['report_keys']}, attempts "
+          f"{ck['attempts']}, {ck['statuses']}, by worker {ck['by_worker']} - one report each "
+          f"at attempt 1: {'PASS' if ck['pass'] else 'FAIL'}", flush=True)
     return {"1": ok1, "2": ok2, "4": ck["pass"]}
 
 

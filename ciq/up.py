@@ -156,12 +156,14 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
        echo: Callable[[str], None], show: Callable[[object], None]) -> int:
     """Run the local system; returns the exit status (0, or 1 when a report is red)."""
     from .dispatch import Dispatcher
-    from .gitrepo import normalise_repo
+    from .gitrepo import describe, normalise_repo
     from .observer import Observer, Watch
     from .store import Store
 
     own_redis = "CIQ_BROKER_URL" not in os.environ
     name = normalise_repo(repo) if repo else str(sample_repo(settings.data_dir))
+    if "://" not in name and "@" not in name.split("/")[0]:
+        describe(name, "HEAD")  # a readable repository with a commit, before starting anything
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,37 @@ def test_prune_deletes_only_old_final_reports(settings: Settings, store: Store,
     assert store.report(repo, sha) is None
     assert [r["sha"] for r in store.recent(repo)] == ["f" * 40]
     assert_one_line_error(run_ciq(settings, "prune", "--older-than", "-1"), "-1")
+
+
+@pytest.mark.slow
+def test_up_once_runs_the_sample_and_stops_everything(settings: Settings, tmp_path: Path
+                                                      ) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ciq_env
+
+    # Given no broker configured: `ciq up` must start a private Redis of its own
+    env = {k: v for k, v in ciq_env(settings).items()
+           if k not in ("CIQ_BROKER_URL", "CIQ_RESULT_BACKEND")}
+    env["CIQ_DATA_DIR"] = str(tmp_path / "up")
+    done = subprocess.run([sys.executable, "-m", "ciq", "up", "--once"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "private Redis at redis://127.0.0.1:" in done.stdout
+    assert "PASSED" in done.stdout and "5 passed, 0 failed, 0 errors, 1 skipped" in done.stdout
+    # And nothing it started is left running
+    marker = str(tmp_path / "up").encode()
+    leftovers = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            seen = Path(f"/proc/{pid}/environ").read_bytes() + Path(
+                f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in seen and int(pid) != os.getpid():
+            leftovers.append(pid)
+    assert leftovers == []
+    assert_one_line_error(subprocess.run([sys.executable, "-m", "ciq", "up", str(tmp_path)],
+                                         env=env, capture_output=True, text=True, timeout=60),
+                          "not a git repository")
