@@ -185,6 +185,7 @@ class World:
         self.workers = {name: self._worker(name) for name in WORKERS}
         self.repos = {name: self._repo(name) for name in REPOS}
         self.observers = {name: self._observer(repo) for name, repo in self.repos.items()}
+        self.numbers: dict[tuple[str, str], str] = {}  # (repo key, sha) -> "alpha #7"
 
     # Redis ------------------------------------------------------------------------------
 
@@ -270,7 +271,9 @@ class World:
         git(repo.clone, "add", "-A")
         git(repo.clone, "commit", "-q", "-m", f"commit {number}")
         git(repo.clone, "push", "-q", "origin", "main")
-        return git(repo.clone, "rev-parse", "HEAD")
+        sha = git(repo.clone, "rev-parse", "HEAD")
+        self.numbers[(repo.key, sha)] = f"{repo.name} #{number}"
+        return sha
 
     # Shutting down --------------------------------------------------------------------------
 
@@ -352,7 +355,7 @@ def start(world: World, rng: random.Random) -> None:
         if not wait_for(lambda k=key, s=sha: world.store.report(k, s), 90):
             raise RuntimeError(f"the initial commit of {name} got no report in 90 s")
     say(f"set-up done: redis on port {world.port} (AOF always), workers {', '.join(WORKERS)}, "
-        f"observers of {', '.join(REPOS)}; initial commits reported")
+        f"observers of {', '.join(REPOS)}; initial commits reported; pushes start (t = 0)")
 
 
 def sleeps(rng: random.Random) -> list[float]:
@@ -427,8 +430,9 @@ class Chaos(threading.Thread):
         record = {"kind": "worker", "worker": name, "signal": ev.how, "at": killed_at,
                   "held": held, "log": str(w.logs[-1].name)}
         self.log.append(record)
-        shown = ", ".join(f"{h['repo_name']} #{h['number']}" for h in held or []) or (
-            "nothing" if held is not None else "unknown (Redis unreadable)")
+        names = self.world.numbers
+        shown = ", ".join(names.get((h["repo"], h["sha"]), h["sha"][:12]) for h in held or [])
+        shown = shown or ("nothing" if held is not None else "unknown (Redis unreadable)")
         say(f"chaos: {ev.how} {name} (running: {shown})")
         t = threading.Thread(target=self._restart_worker, args=(w, record), daemon=True)
         self.restarters.append(t)
@@ -624,7 +628,7 @@ def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object]
             row = {"worker": k["worker"], "killed_at": k["at"], "repo_name": c["repo_name"],
                    "number": c["number"], "run_id": h["run_id"], "attempt": h["attempts"]}
             if report is not None and report.run_id == h["run_id"]:
-                row["outcome"] = "finished before the kill landed"
+                row["outcome"] = "not interrupted: the final report is from that run (it had finished)"
                 rows.append(row)
                 continue
             later = [ex.first for ex in executions if ex.repo == c["repo_name"]

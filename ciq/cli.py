@@ -12,6 +12,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -42,6 +44,30 @@ def _store(settings: Settings) -> Store:
     store = Store.from_url(settings.result_backend)
     store.ping()
     return store
+
+
+@contextmanager
+def _reader(settings: Settings) -> Iterator[Any]:
+    """A Redis client for reading listings: the light one when the URL allows."""
+    from .resp import SCHEMES
+
+    if settings.result_backend.split("://", 1)[0] in SCHEMES:
+        from .resp import RespConnection
+
+        try:
+            conn = RespConnection.open(settings.result_backend)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot reach Redis ({exc}); check CIQ_RESULT_BACKEND and that Redis runs"
+            ) from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+    else:
+        from .listing import RedisPy
+
+        yield RedisPy(_store(settings).client)
 
 
 def _repo_arg(repo: str, store: Store | None = None) -> str:
@@ -144,23 +170,6 @@ def _age(iso: str | None) -> str:
     return f"{int(seconds)}s"
 
 
-def _row_json(repo: str, row: dict[str, Any]) -> dict[str, Any]:
-    meta, report = row["meta"], row["report"]
-    return {
-        "repo": repo,
-        "commit": row["sha"],
-        "branch": meta.get("branch") or None,
-        "status": row["state"],
-        "subject": meta.get("subject", ""),
-        "author": meta.get("author", ""),
-        "enqueued_at": meta.get("enqueued_at"),
-        "summary": report.to_dict()["summary"] if report else None,
-        "duration": report.duration if report else None,
-        "worker": report.worker if report else meta.get("worker") or None,
-        "attempts": report.attempts if report else int(meta.get("attempts") or 0),
-    }
-
-
 @cli.command()
 @click.argument("repo", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -168,10 +177,17 @@ def _row_json(repo: str, row: dict[str, Any]) -> dict[str, Any]:
               help="Commits per repository.")
 def status(repo: str | None, as_json: bool, limit: int) -> None:
     """Recent commits and their state, newest first (all repositories without REPO)."""
+    from . import listing
+
     settings = _settings()
-    store = _store(settings)
-    repos = [_repo_arg(repo, store)] if repo else store.repos()
-    rows = [_row_json(r, row) for r in repos for row in store.recent(r, limit)]
+    with _reader(settings) as redis:
+        known = listing.repos(redis)
+        if repo:
+            name = _repo_arg(repo) if repo.rstrip("/") not in known else repo.rstrip("/")
+            repos = [name]
+        else:
+            repos = known
+        rows = [row for r in repos for row in listing.recent(redis, r, limit)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -12,6 +12,10 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .report import Report
 
 #: Namespace of the deterministic task id of a (repository, commit) run.
 _TASK_NS = uuid.UUID("6f1d0d4e-1c2a-4b55-9d7e-3f3c1f0a9c11")
@@ -79,3 +83,32 @@ def claim_call(repo: str, sha: str, branch: str | None, meta: dict[str, str],
 
 #: Name of the Celery task that tests one commit.
 RUN_TASK = "ciq.run"
+
+
+#: Report fields copied into a commit's hash when it is reported (for listings).
+SUMMARY_FIELDS = ("total", "passed", "failed", "errors", "skipped", "duration", "worker",
+                  "finished_at", "attempts")
+
+
+def summary_fields(report: Report) -> list[str]:
+    """The flat HSET arguments of a report's summary, for the commit's hash."""
+    s = report.summary
+    values: dict[str, Any] = {
+        "total": s.total, "passed": s.passed, "failed": s.failed, "errors": s.errors,
+        "skipped": s.skipped, "duration": report.duration, "worker": report.worker or "",
+        "finished_at": report.finished_at or "", "attempts": report.attempts,
+    }  # fmt: skip
+    return [str(x) for kv in values.items() for x in kv]
+
+
+# KEYS: none (one repository's keys are named from ARGV[1]). ARGV: rid, how many. The
+# newest commits of a repository: {sha, lease held (0/1), flat commit hash} each.
+RECENT_SCRIPT = """
+local shas = redis.call('ZREVRANGE', 'ciq:index:' .. ARGV[1], 0, tonumber(ARGV[2]) - 1)
+local out = {}
+for i, sha in ipairs(shas) do
+  local h = redis.call('HGETALL', 'ciq:commit:' .. ARGV[1] .. ':' .. sha)
+  out[i] = {sha, redis.call('EXISTS', 'ciq:lease:' .. ARGV[1] .. ':' .. sha), h}
+end
+return out
+"""

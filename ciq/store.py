@@ -24,14 +24,21 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from .errors import NotFound, StoreUnavailable
-from .keys import CLAIM_SCRIPT, claim_call, commit_key, now_us, repo_id, task_id
+from .keys import (
+    CLAIM_SCRIPT,
+    claim_call,
+    commit_key,
+    now_us,
+    repo_id,
+    summary_fields,
+    task_id,
+)
 from .report import Report, utcnow
 
 __all__ = ["Lease", "Store", "repo_id", "task_id"]
@@ -58,10 +65,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: report, commit, started. ARGV: meta json, member, status, finished_at.
+# KEYS: report, commit, started. ARGV: meta json, member, status, summary fields (a
+# flat json list). The summary goes into the commit's hash too, so that listing history
+# never reads whole reports.
 _FINISH = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
-redis.call('HSET', KEYS[2], 'status', ARGV[3], 'finished_at', ARGV[4])
+redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
 redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 """
@@ -211,7 +220,8 @@ class Store:
                     self._commit_key(rid, report.commit),
                     "ciq:started",
                 ],
-                args=[json.dumps(meta), f"{rid}:{report.commit}", report.status, utcnow()],
+                args=[json.dumps(meta), f"{rid}:{report.commit}", report.status,
+                      json.dumps(summary_fields(report))],
             )
         )
 
@@ -271,27 +281,10 @@ class Store:
         return shas[0]
 
     def recent(self, repo: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Newest commits of a repository with their state and report (if final)."""
-        rid = repo_id(repo)
-        shas = self.client.zrevrange(f"ciq:index:{rid}", 0, limit - 1)
-        return self._rows(repo, shas)
+        """Newest commits of a repository (see :func:`ciq.listing.recent`)."""
+        from .listing import RedisPy, recent
 
-    def _rows(self, repo: str, shas: Iterable[str]) -> list[dict[str, Any]]:
-        shas = list(shas)
-        rid = repo_id(repo)
-        pipe = self.client.pipeline(transaction=False)
-        for sha in shas:
-            pipe.hgetall(self._commit_key(rid, sha))
-            pipe.exists(self._lease_key(rid, sha))
-            pipe.get(self.report_key(repo, sha))
-        replies = pipe.execute()
-        rows = []
-        for i, sha in enumerate(shas):
-            meta, leased, raw = replies[3 * i : 3 * i + 3]
-            report = Report.from_dict(json.loads(raw)["result"]) if raw else None
-            state = report.status if report else ("running" if leased else "queued")
-            rows.append({"sha": sha, "state": state, "meta": meta, "report": report})
-        return rows
+        return recent(RedisPy(self.client), repo, limit)
 
     def prune(self, repo: str, older_than: float, dry_run: bool = False) -> int:
         """Delete final reports (and their history entries) of commits first seen more

@@ -196,13 +196,14 @@ def _follow(store, observer, name, once, interval, stop, echo, show) -> int:
             echo(f"ciq: {error}")
         pending.update(result.enqueued)
         if once and not pending:
-            pending.update(row["sha"] for row in store.recent(name, 1)
-                           if row["state"] in ("queued", "running"))
+            pending.update(row["commit"] for row in store.recent(name, 1)
+                           if row["status"] in ("queued", "running"))
             if not pending:  # nothing new: show the latest report there is
                 latest = store.recent(name, 1)
-                if latest and latest[0]["report"]:
-                    show(latest[0]["report"])
-                    return 0 if latest[0]["report"].status == "passed" else 1
+                report = store.report(name, latest[0]["commit"]) if latest else None
+                if report is not None:
+                    show(report)
+                    return 0 if report.status == "passed" else 1
                 if result.errors:
                     return 1
         deadline = time.monotonic() + interval

@@ -180,7 +180,7 @@ def test_prune_deletes_only_old_final_reports(settings: Settings, store: Store,
     assert "would prune 1 reports" in done.stdout and store.report(repo, sha) is not None
     assert "pruned 1 reports" in run_ciq(settings, "prune", "--older-than", "0").stdout
     assert store.report(repo, sha) is None
-    assert [r["sha"] for r in store.recent(repo)] == ["f" * 40]
+    assert [r["commit"] for r in store.recent(repo)] == ["f" * 40]
     assert_one_line_error(run_ciq(settings, "prune", "--older-than", "-1"), "-1")
 
 

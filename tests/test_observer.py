@@ -23,11 +23,11 @@ def test_first_look_tests_the_head_then_every_new_commit_oldest_first(
     repo = make_repo(PASSING)
     repo.commit({"a": "1"}, "second")
     observe_once(settings, repo)
-    assert [r["sha"] for r in store.recent(str(repo.path))] == [repo.head()]
+    assert [r["commit"] for r in store.recent(str(repo.path))] == [repo.head()]
     new = [repo.commit({"a": str(i)}, f"c{i}") for i in range(3)]
     observe_once(settings, repo)
-    assert [r["sha"] for r in store.recent(str(repo.path))][:3] == list(reversed(new))
-    assert [r["meta"]["subject"] for r in store.recent(str(repo.path), 3)] == ["c2", "c1", "c0"]
+    assert [r["commit"] for r in store.recent(str(repo.path))][:3] == list(reversed(new))
+    assert [r["subject"] for r in store.recent(str(repo.path), 3)] == ["c2", "c1", "c0"]
 
 
 def test_latest_only_tests_the_newest_commit_of_a_poll(
@@ -38,7 +38,7 @@ def test_latest_only_tests_the_newest_commit_of_a_poll(
     for i in range(3):
         repo.commit({"a": str(i)}, f"c{i}")
     observe_once(settings, repo, "--latest-only")
-    assert [r["sha"] for r in store.recent(str(repo.path))][0] == repo.head()
+    assert [r["commit"] for r in store.recent(str(repo.path))][0] == repo.head()
     assert len(store.recent(str(repo.path))) == 2
 
 
@@ -55,7 +55,7 @@ def test_a_force_push_tests_the_new_head_and_says_so(
     done = observe_once(settings, repo)
     assert "force-pushed" in done.stderr
     assert "enqueued 1 commits" in done.stdout
-    assert store.recent(str(repo.path), 1)[0]["sha"] == repo.head()
+    assert store.recent(str(repo.path), 1)[0]["commit"] == repo.head()
 
 
 def test_watched_branches_and_a_missing_branch(
@@ -67,7 +67,7 @@ def test_watched_branches_and_a_missing_branch(
     done = observe_once(settings, repo, "--branch", "main", "--branch", "feature",
                         "--branch", "gone")
     assert "no branch 'gone'" in done.stderr
-    rows = {r["sha"]: r["meta"]["branch"] for r in store.recent(str(repo.path))}
+    rows = {r["commit"]: r["branch"] for r in store.recent(str(repo.path))}
     assert rows[feature] == "feature" and len(rows) == 2
 
 

@@ -109,7 +109,7 @@ def test_history_keeps_claim_order_within_one_microsecond(store: Store) -> None:
     shas = [f"{i:040x}" for i in range(300, 0, -7)]  # descending: order is not by name
     for sha in shas:
         store.claim(REPO, sha, "main", {})
-    assert [row["sha"] for row in store.recent(REPO, limit=100)] == list(reversed(shas))
+    assert [row["commit"] for row in store.recent(REPO, limit=100)] == list(reversed(shas))
 
 
 def test_reports_left_in_the_outbox_are_delivered_once(store: Store, tmp_path) -> None:

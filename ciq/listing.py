@@ -1,0 +1,65 @@
+"""History listings (`ciq status`): one Lua call per repository, no report bodies.
+
+The summary of a final report is copied into its commit's hash when the report is
+stored, so a listing reads hashes only. `ciq status` runs it over :mod:`ciq.resp` when
+it can (like `ciq enqueue`, it then imports no redis-py), otherwise over redis-py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from .keys import RECENT_SCRIPT, repo_id
+
+
+class Redisish(Protocol):
+    """What a listing needs of a Redis client."""
+
+    def call(self, *args: str | int) -> Any: ...
+
+    def eval(self, script: str, keys: list[str], args: list[str | int]) -> Any: ...
+
+
+class RedisPy:
+    """:class:`Redisish` over a redis-py client."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def call(self, *args: str | int) -> Any:
+        return self.client.execute_command(*args)
+
+    def eval(self, script: str, keys: list[str], args: list[str | int]) -> Any:
+        return self.client.eval(script, len(keys), *keys, *args)
+
+
+def _text(value: Any) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def repos(redis: Redisish) -> list[str]:
+    return sorted(_text(r) for r in redis.call("HVALS", "ciq:repos") or [])
+
+
+def recent(redis: Redisish, repo: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` commits of ``repo``, newest first, as `ciq status --json`
+    rows: status is the report's, or ``running`` / ``queued``."""
+    rows = []
+    for sha, leased, flat in redis.eval(RECENT_SCRIPT, [], [repo_id(repo), limit]) or []:
+        meta = {_text(k): _text(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        final = bool(meta.get("status"))
+        rows.append({
+            "repo": repo,
+            "commit": _text(sha),
+            "branch": meta.get("branch") or None,
+            "status": meta["status"] if final else ("running" if leased else "queued"),
+            "subject": meta.get("subject", ""),
+            "author": meta.get("author", ""),
+            "enqueued_at": meta.get("enqueued_at"),
+            "summary": {k: int(meta.get(k, 0)) for k in
+                        ("total", "passed", "failed", "errors", "skipped")} if final else None,
+            "duration": float(meta["duration"]) if final and "duration" in meta else None,
+            "worker": meta.get("worker") or None,
+            "attempts": int(meta.get("attempts") or 0),
+        })  # fmt: skip
+    return rows
