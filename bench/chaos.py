@@ -45,6 +45,11 @@ recovery X.Xs, attempts {...}``):
   is not that run's — seconds from the kill until that commit's next execution starts;
 * attempts: histogram of ``attempts`` over the final reports.
 
+To explain a slow recovery, each one is broken down: when a worker's reconciler logged
+that it handed the commit back to the queue, how many runs were waiting in the broker
+queue then (sampled every 0.5 s), and when the run that made the final report took its
+lease. Warnings, errors and tracebacks of every log are counted by kind at the end.
+
 Targets: 0 lost, 0 overlapping duplicates, every recovery under 10 s (the exit status is
 0 only then). ``--quick`` pushes 16 commits over 20 s (so fewer kills), for a smoke test.
 Raw data go to ``bench/results/chaos.json`` and the processes' logs to
@@ -70,6 +75,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -154,6 +160,7 @@ class Daemon:
     env: dict[str, str]
     proc: subprocess.Popen | None = None
     logs: list[Path] = field(default_factory=list)
+    spawned_at: float = 0.0  # when the current incarnation was started
     up: bool = False  # started and ready; the chaos thread only picks daemons that are up
 
 
@@ -242,6 +249,7 @@ class World:
         log = self.root / "logs" / f"{d.name}-{len(d.logs) + 1}.log"
         d.logs.append(log)
         with open(log, "wb") as out:
+            d.spawned_at = time.time()
             d.proc = self._popen(d.cmd, d.env, out)
 
     def worker_ready(self, d: Daemon, timeout: float = 60) -> bool:
@@ -391,9 +399,9 @@ def schedule(rng: random.Random, duration: float) -> list[Event]:
 class Chaos(threading.Thread):
     """Plays the schedule against the world; records what each event did in ``log``."""
 
-    def __init__(self, world: World, events: list[Event], rng: random.Random) -> None:
+    def __init__(self, world: World, events: list[Event]) -> None:
         super().__init__(name="chaos", daemon=True)
-        self.world, self.events, self.rng = world, events, rng
+        self.world, self.events = world, events
         self.stop = threading.Event()
         self.log: list[dict] = []
         self.restarters: list[threading.Thread] = []
@@ -420,7 +428,7 @@ class Chaos(threading.Thread):
         name = next(n for n in (WORKERS * 2)[WORKERS.index(ev.target):] if n in up)
         w = self.world.workers[name]
         assert w.proc is not None
-        held = runs_held_by(self.world.store, name)
+        held = runs_held_by(self.world.store, name, w.spawned_at)
         killed_at = time.time()
         if ev.how == "SIGKILL":
             os.killpg(w.proc.pid, signal.SIGKILL)
@@ -488,21 +496,44 @@ class Chaos(threading.Thread):
         say("chaos: redis-server up again (same port, same AOF)")
 
 
-def runs_held_by(store: Store, worker: str) -> list[dict] | None:
-    """Commits whose live lease belongs to a run on ``worker`` (None: Redis unreadable)."""
+def runs_held_by(store: Store, worker: str, since: float) -> list[dict] | None:
+    """Commits whose live lease belongs to a run on ``worker`` that started after
+    ``since`` (not a dead incarnation's lease, which lingers a few seconds); None when
+    Redis cannot be read."""
     try:
         held = []
         for key in store.client.scan_iter("ciq:lease:*", count=1000):
             run_id = store.client.get(key)
             _, _, rid, sha = key.split(":")
             meta = store.client.hgetall(f"ciq:commit:{rid}:{sha}")
-            if run_id and meta.get("run_id") == run_id and \
-                    meta.get("worker", "").startswith(f"{worker}@"):
+            started = meta.get("started_at")
+            if run_id and meta.get("run_id") == run_id and started and \
+                    meta.get("worker", "").startswith(f"{worker}@") and \
+                    datetime.fromisoformat(started).timestamp() >= since:
                 held.append({"repo": meta["repo"], "sha": sha, "run_id": run_id,
                              "attempts": int(meta.get("attempts") or 0)})
         return held
     except redis.RedisError:
         return None
+
+
+class Backlog(threading.Thread):
+    """Samples the broker queue's length (runs waiting for a worker) twice a second."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(name="backlog", daemon=True)
+        self.store, self.stop, self.samples = store, threading.Event(), []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            try:
+                self.samples.append((time.time(), self.store.client.llen("ciq")))
+            except redis.RedisError:
+                pass
+
+    def at(self, t: float) -> int | None:
+        before = [n for at, n in self.samples if at <= t]
+        return before[-1] if before else None
 
 
 # -- pushing and waiting ---------------------------------------------------------------------------
@@ -612,10 +643,29 @@ def overlaps(executions: list[Execution], planned: dict[tuple[str, int], list[fl
     return certain, possible
 
 
+RESENT = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): \w+/\w+\] "
+                    r"reconciler: the run of ([0-9a-f]{12}) died")
+
+
+def resends(logs: Path) -> dict[str, list[float]]:
+    """When a reconciler handed each commit (12-digit SHA) back to the queue, from the
+    workers' logs (local time, as Celery writes it)."""
+    found: dict[str, list[float]] = defaultdict(list)
+    for log in logs.glob("chaos*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if m := RESENT.match(line):
+                at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                found[m[2]].append(at)
+    return found
+
+
 def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object],
-               executions: list[Execution], ended_at: float) -> list[dict]:
-    """For each SIGKILL that interrupted a run: seconds until the commit ran again."""
+               executions: list[Execution], ended_at: float, logs: Path, backlog: Backlog
+               ) -> list[dict]:
+    """For each SIGKILL that interrupted a run: seconds until the commit ran again, and
+    the steps on the way (re-sent by a reconciler, lease taken by the rerun)."""
     number_of = {(c["repo"], c["sha"]): c for c in pushed}
+    resent = resends(logs)
     rows = []
     for k in kills:
         if k.get("signal") != "SIGKILL" or not k.get("held"):
@@ -628,11 +678,18 @@ def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object]
             row = {"worker": k["worker"], "killed_at": k["at"], "repo_name": c["repo_name"],
                    "number": c["number"], "run_id": h["run_id"], "attempt": h["attempts"]}
             if report is not None and report.run_id == h["run_id"]:
-                row["outcome"] = "not interrupted: the final report is from that run (it had finished)"
+                row["outcome"] = "not interrupted: the final report is that run's (it had finished)"
                 rows.append(row)
                 continue
             later = [ex.first for ex in executions if ex.repo == c["repo_name"]
                      and ex.number == c["number"] and ex.first > k["at"]]
+            sent = [t for t in resent.get(h["sha"][:12], []) if t > k["at"]]
+            if sent:
+                row["resent_after"] = min(sent) - k["at"]
+                row["queue_at_resend"] = backlog.at(min(sent))
+            if report is not None and report.started_at and report.attempts > h["attempts"]:
+                row["final_run_after"] = datetime.fromisoformat(
+                    report.started_at).timestamp() - k["at"]  # the final run took its lease
             if later:
                 row["recovery"] = min(later) - k["at"]
                 row["outcome"] = "rerun"
@@ -643,26 +700,52 @@ def recoveries(kills: list[dict], pushed: list[dict], reports: dict[int, object]
     return rows
 
 
-PROBLEM = re.compile(r"Traceback|ERROR|CRITICAL|Error:|lost|Exception")
-TIMESTAMP = re.compile(r"^\[?[\d\-: ,.T]+\]?\s*")
+PROBLEM = re.compile(r"Traceback|WARNING|ERROR|CRITICAL|Error:|Exception")
+NOISE = re.compile(r"Please specify a different user|superuser privileges|--uid option|"
+                   r"Memory overcommit|CPendingDeprecationWarning")
+CHAINED = ("Traceback", "During handling", "The above exception")
+VARYING = [  # what differs between two instances of one problem: left out when grouping
+    (re.compile(r"^\[?\d{4}-\d\d-\d\d[ T][\d:,.]+:?\s*"), ""),  # timestamps
+    (re.compile(r"[0-9a-f]{12,}|[0-9a-f-]{36}"), "<id>"),  # shas, run and task ids
+    (re.compile(r"/tmp/ciq-chaos-\w+"), "<tmp>"),
+    (re.compile(r"\d+"), "N"),
+]
 
 
-def log_problems(logs: Path) -> dict[str, list[str]]:
-    """Lines of each log that look like an error (tracebacks with their last lines)."""
-    found: dict[str, list[str]] = {}
+def traceback_end(lines: list[str], i: int) -> int:
+    """Index of the exception line ending the traceback at ``lines[i]`` (chained ones
+    included)."""
+    j = i + 1
+    while j < len(lines) - 1:
+        chained = not lines[j + 1] and j + 2 < len(lines) and lines[j + 2].startswith(CHAINED)
+        if lines[j] and not lines[j].startswith((" ", "\t", *CHAINED)) and not chained:
+            break
+        j += 1
+    return j
+
+
+def log_problems(logs: Path) -> dict[str, dict[str, int]]:
+    """Per log: each kind of warning, error or traceback (its first and last line) and
+    how many times it occurred."""
+    found: dict[str, dict[str, int]] = {}
     for log in sorted(logs.glob("*.log")):
         lines = log.read_text(errors="replace").splitlines()
-        keep = []
-        for i, line in enumerate(lines):
+        kinds: Counter[str] = Counter()
+        i = 0
+        while i < len(lines):
+            line = lines[i]
             if line.startswith("Traceback"):
-                j = i + 1  # the traceback's body and its last line (the exception)
-                while j < len(lines) and (lines[j].startswith((" ", "\t")) or not lines[j]):
-                    j += 1
-                keep.append("  | ".join([line] + lines[j:j + 1]))
-            elif PROBLEM.search(line) and not line.startswith((" ", "\t")):
-                keep.append(line)
-        if keep:
-            found[log.name] = keep
+                j = traceback_end(lines, i)
+                text, i = f"Traceback ... {lines[j]}", j + 1
+            else:
+                text, i = line, i + 1
+                if not PROBLEM.search(line) or NOISE.search(line):
+                    continue
+            for pattern, replacement in VARYING:
+                text = pattern.sub(replacement, text)
+            kinds[text[:240]] += 1
+        if kinds:
+            found[log.name] = dict(kinds.most_common())
     return found
 
 
@@ -683,12 +766,13 @@ def lost_state(world: World, c: dict) -> dict:
 
 
 def analyse(world: World, pushed: list[dict], reports: dict[int, object], chaos: Chaos,
-            quiet_at: float) -> dict:
+            backlog: Backlog, quiet_at: float) -> dict:
     executions = read_executions(world.exec_log)
     planned = {(c["repo_name"], c["number"]): c["sleeps"] for c in pushed}
     certain, possible = overlaps(executions, planned)
     kills = [e for e in chaos.log if e["kind"] == "worker"]
-    rec = recoveries(kills, pushed, reports, executions, quiet_at)
+    rec = recoveries(kills, pushed, reports, executions, quiet_at, world.root / "logs",
+                     backlog)
     lost = [c for c in pushed if c["number"] not in reports]
     per_commit = Counter((ex.repo, ex.number) for ex in executions)
     return {
@@ -705,20 +789,30 @@ def analyse(world: World, pushed: list[dict], reports: dict[int, object], chaos:
         "statuses": dict(Counter(r.status for r in reports.values())),
         "executions_per_commit": dict(sorted(Counter(
             per_commit.get((c["repo_name"], c["number"]), 0) for c in pushed).items())),
+        "queue_length": backlog.samples,
         "max_recovery": max((r["recovery"] for r in rec if "recovery" in r), default=0.0),
     }
 
 
-def show(result: dict, problems: dict[str, list[str]]) -> None:
+def show(result: dict, problems: dict[str, dict[str, int]]) -> None:
     """The details above the final line."""
     print(f"report statuses: {result['statuses']}; executions per commit (count: commits): "
           f"{result['executions_per_commit']}")
+    if result["queue_length"]:
+        print("runs waiting in the broker queue: max "
+              f"{max(n for _, n in result['queue_length'])} (sampled every 0.5 s)")
     for r in result["recoveries"]:
         head = f"  SIGKILL {r['worker']} during {r['repo_name']} #{r['number']} " \
                f"(attempt {r['attempt']}): "
         if "recovery" in r:
             flag = "" if r["recovery"] < RECOVERY_TARGET else "  <-- over target"
-            print(f"{head}{r['outcome']} {r['recovery']:.1f}s after the kill{flag}")
+            steps = [f"{label} +{r[key]:.1f}s" for key, label in (
+                ("resent_after", "re-sent by a reconciler"),
+                ("final_run_after", "final run's lease")) if key in r]
+            if r.get("queue_at_resend") is not None:
+                steps.insert(1, f"queue {r['queue_at_resend']} long then")
+            print(f"{head}{r['outcome']} {r['recovery']:.1f}s after the kill{flag}"
+                  + (f" ({', '.join(steps)})" if steps else ""))
         else:
             print(f"{head}{r['outcome']}")
     if not any("recovery" in r for r in result["recoveries"]):
@@ -733,10 +827,10 @@ def show(result: dict, problems: dict[str, list[str]]) -> None:
         print(f"  possible overlap (a killed test's end is unknown) {p['repo']} #{p['number']} "
               f"pids {p['pids']}: {p['a'][0] - T0:.2f}-{p['a'][1] - T0:.2f}s(+?) and "
               f"{p['b'][0] - T0:.2f}s-")
-    for name, lines in problems.items():
-        print(f"--- {name}: {len(lines)} error-looking lines (first and last shown)")
-        for line in (lines if len(lines) <= 6 else lines[:3] + ["..."] + lines[-3:]):
-            print(f"    {line[:300]}")
+    for name, kinds in problems.items():
+        print(f"--- {name}: warnings and errors (count, message with numbers as N)")
+        for text, count in kinds.items():
+            print(f"  {count:4d}  {text}")
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -766,7 +860,8 @@ def main() -> int:
           f"{dict(kinds)}" + (" (quick)" if args.quick else ""), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that `finally` runs
     world = World()
-    chaos = Chaos(world, events, rng)
+    chaos = Chaos(world, events)
+    backlog = Backlog(world.store)
     results: dict = {"seed": seed, "commits": commits, "duration": duration,
                      "quick": args.quick, "events_planned": [e.__dict__ for e in events]}
     leaks: dict[int, str] = {}
@@ -775,13 +870,15 @@ def main() -> int:
         T0 = time.time()
         results["t0"] = T0
         chaos.start()
+        backlog.start()
         pushed = push_all(world, commits, duration, random.Random(seed + 2))
         chaos.join()  # the schedule ends within the push window (plus a restart or two)
         reports = wait_for_quiet(world, pushed, args.timeout)
         quiet_at = time.time()
         for t in chaos.restarters:
             t.join(70)
-        result = analyse(world, pushed, reports, chaos, quiet_at)
+        backlog.stop.set()
+        result = analyse(world, pushed, reports, chaos, backlog, quiet_at)
         problems = log_problems(world.root / "logs")
         results.update(pushed=pushed, events=chaos.log, log_problems=problems, **result)
     except BaseException:
@@ -791,6 +888,7 @@ def main() -> int:
         raise
     finally:
         chaos.stop.set()
+        backlog.stop.set()
         leaks = world.close()
         results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
         for pid, cmd in leaks.items():
