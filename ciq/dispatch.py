@@ -35,17 +35,25 @@ class Sender(Protocol):
 
 
 class RedisSender:
-    """Pushes run messages straight onto the broker's Redis list for the queue."""
+    """Pushes run messages straight onto the broker's Redis list for the queue.
 
-    def __init__(self, client: redis.Redis, queue: str) -> None:
+    kombu's Redis transport pushes on the left (LPUSH) and workers pop from the right
+    (BRPOP). An ``urgent`` sender pushes on the right, so its message is the next one
+    taken: a commit whose run died is rerun at once, not behind a queue of new commits
+    (with 26 queued, a rerun otherwise started 38 s after its worker died).
+    """
+
+    def __init__(self, client: redis.Redis, queue: str, urgent: bool = False) -> None:
         self.client = client
         self.queue = queue
+        self.urgent = urgent
 
     def message(self, repo: str, sha: str, branch: str | None) -> str:
         return run_message(repo, sha, branch, self.queue, RUN_TASK)
 
     def __call__(self, repo: str, sha: str, branch: str | None) -> None:
-        self.client.lpush(self.queue, self.message(repo, sha, branch))
+        push = self.client.rpush if self.urgent else self.client.lpush
+        push(self.queue, self.message(repo, sha, branch))
 
 
 def celery_sender(app: Any, queue: str) -> Sender:
@@ -60,13 +68,15 @@ def celery_sender(app: Any, queue: str) -> Sender:
     return send
 
 
-def make_sender(settings: Settings, store: Store) -> Sender:
+def make_sender(settings: Settings, store: Store, urgent: bool = False) -> Sender:
+    """The sender for these settings; ``urgent`` ones jump the queue (see RedisSender).
+    Through Celery (Sentinel URLs) there is no jumping: reruns queue at the back."""
     if settings.broker_url == settings.result_backend:
-        return RedisSender(store.client, settings.queue)
+        return RedisSender(store.client, settings.queue, urgent)
     if settings.broker_url.startswith(_DIRECT_SCHEMES):
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=10,
                                       socket_connect_timeout=5)
-        return RedisSender(client, settings.queue)
+        return RedisSender(client, settings.queue, urgent)
     from .celery import create_app
 
     return celery_sender(create_app(settings), settings.queue)

@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from .dispatch import Dispatcher
 from .errors import CiqError, RepositoryError
 from .gitrepo import CommitInfo, Mirror
@@ -121,7 +123,9 @@ class Observer:
             try:
                 for error in self.poll().errors:
                     logger.error("observer %s; retrying in %gs", error, interval)
-            except Exception:  # Redis away and the like: keep the daemon alive
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                logger.warning("observer: Redis is away (%s); retrying in %gs", exc, interval)
+            except Exception:  # a bug: keep the daemon alive, say where
                 logger.exception("observer: poll failed; retrying in %gs", interval)
             stop.wait(interval)
         logger.info("observer: stopped")

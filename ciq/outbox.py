@@ -39,10 +39,14 @@ def save(data_dir: Path, report: Report) -> Path:
 
 
 def deliver(store: Store, path: Path, report: Report) -> bool:
-    """Store one saved report; True if this call wrote it. Raises if Redis is away."""
+    """Store one saved report; True if the stored report is this one (written now, or
+    earlier by the worker's housekeeping). Raises if Redis is away."""
     written = store.finish(report)
     path.unlink(missing_ok=True)
-    return written
+    if written:
+        return True
+    stored = store.report(report.repo, report.commit)
+    return stored is not None and stored.run_id == report.run_id
 
 
 def deliver_pending(store: Store, data_dir: Path) -> int:
@@ -58,8 +62,9 @@ def deliver_pending(store: Store, data_dir: Path) -> int:
             logger.error("outbox: unreadable report %s (%s); moved aside", path.name, exc)
             path.rename(path.with_suffix(".bad"))
             continue
-        if deliver(store, path, report):
+        if store.finish(report):
             logger.warning("outbox: delivered the report of %s kept while Redis was away",
                            report.commit[:12])
+        path.unlink(missing_ok=True)
         count += 1
     return count

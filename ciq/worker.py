@@ -36,7 +36,7 @@ class Housekeeping(bootsteps.StartStopStep):
     def start(self, worker: Any) -> None:
         settings = worker.app.ciq_settings
         store = Store.from_url(settings.result_backend)
-        send = make_sender(settings, store)
+        send = make_sender(settings, store, urgent=True)  # reruns go first
         self._thread = threading.Thread(
             target=self._loop, args=(settings, store, send), name="ciq-housekeeping",
             daemon=True,

@@ -123,3 +123,14 @@ def test_reports_left_in_the_outbox_are_delivered_once(store: Store, tmp_path) -
     assert outbox.deliver_pending(store, tmp_path) == 2
     assert store.report(REPO, SHA).run_id in ("r1", "r2")
     assert [p.name for p in (tmp_path / "outbox").iterdir()] == ["junk.bad"]
+
+
+def test_an_urgent_rerun_is_the_next_message_a_worker_takes(store: Store) -> None:
+    normal = RedisSender(store.client, "q")
+    urgent = RedisSender(store.client, "q", urgent=True)
+    normal(REPO, "1" * 40, "main")
+    normal(REPO, "2" * 40, "main")
+    urgent(REPO, "3" * 40, "main")
+    # workers BRPOP: the right end of the list comes first
+    taken = [json.loads(store.client.brpop("q")[1])["headers"]["id"] for _ in range(3)]
+    assert taken == [task_id(REPO, "3" * 40), task_id(REPO, "1" * 40), task_id(REPO, "2" * 40)]
