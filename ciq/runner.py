@@ -210,13 +210,21 @@ def mirror_for(data_dir: Path, repo: str) -> Mirror:
     return Mirror(data_dir / "mirrors", repo, repo_id(repo))
 
 
-def sweep_stale_runs(data_dir: Path, host: str) -> int:
+@dataclass(frozen=True)
+class DeadRun:
+    run_id: str
+    repo: str
+    sha: str
+
+
+def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
     """Clean the runs of this host whose worker process is gone: kill the test tree that
-    may still run and delete the worktree. Returns how many were cleaned."""
-    cleaned = 0
+    may still run and delete the worktree. Returns the runs cleaned, so that the caller
+    can free their leases at once rather than wait for them to expire."""
+    cleaned: list[DeadRun] = []
     runs = _runs_dir(data_dir)
     if not runs.is_dir():
-        return 0
+        return cleaned
     for record_path in runs.glob("*/run.json"):
         try:
             record = json.loads(record_path.read_text())
@@ -233,7 +241,7 @@ def sweep_stale_runs(data_dir: Path, host: str) -> int:
         except CiqError:
             pass
         logger.warning("runner: cleaned up run %s of a dead worker process", record["run_id"])
-        cleaned += 1
+        cleaned.append(DeadRun(record["run_id"], record["repo"], record["sha"]))
     return cleaned
 
 

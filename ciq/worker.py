@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 
 class Housekeeping(bootsteps.StartStopStep):
-    """Every ``reconcile_interval`` seconds: sweep this host's dead runs, and (in one
-    worker of the cluster at a time) hand commits whose run died back to the queue."""
+    """Every ``reconcile_interval`` seconds: sweep this host's dead runs (and free their
+    leases), deliver reports left in the outbox, and (in one worker of the cluster at a
+    time) hand commits whose run died back to the queue."""
 
     requires = {"celery.worker.components:Pool"}
 
@@ -46,7 +47,10 @@ class Housekeeping(bootsteps.StartStopStep):
     def _loop(self, settings: Any, store: Store, send: Any) -> None:
         while True:
             try:
-                sweep_stale_runs(settings.data_dir, os.uname().nodename)
+                for dead in sweep_stale_runs(settings.data_dir, os.uname().nodename):
+                    # Its process is gone for sure: free the lease now (only if that run
+                    # still holds it) so the rerun need not wait for the expiry.
+                    store.release(dead.repo, dead.sha, dead.run_id)
                 outbox.deliver_pending(store, settings.data_dir)
                 if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
                     reconcile(store, send)
