@@ -27,7 +27,7 @@ def _folder(data_dir: Path) -> Path:
 def save(data_dir: Path, report: Report) -> Path:
     """Write the report durably (temporary file, fsync, rename); returns its path."""
     folder = _folder(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{repo_id(report.repo)}-{report.commit}-{report.run_id}.json"
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w") as fh:

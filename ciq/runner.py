@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -54,6 +55,8 @@ class RunPlan:
     time_limit: float
     output_limit: int
     min_free_bytes: int = 0
+    #: User the tests run as (see Settings.run_as); None: the worker's user.
+    run_as: str | None = None
 
 
 class OutputTail:
@@ -112,13 +115,14 @@ class Completed:
 
 def run_sandboxed(
     cmd: list[str], cwd: Path, env: dict[str, str], time_limit: float, output_limit: int,
-    pgid_file: Path, min_free_bytes: int = 0,
+    pgid_file: Path, min_free_bytes: int = 0, user: tuple[int, int] | None = None,
 ) -> Completed:
     """Run ``cmd`` under the sandbox supervisor, killing its whole tree at the time limit
     or when the free space of the disk under ``cwd`` falls below ``min_free_bytes``."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", sandbox.__file__, str(pgid_file), "--", *cmd],
+        [sys.executable, "-I", "-S", sandbox.__file__,
+         *(["--user", f"{user[0]}:{user[1]}"] if user else []), str(pgid_file), "--", *cmd],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -204,6 +208,23 @@ def _proc_start(pid: int) -> str | None:
 
 def _runs_dir(data_dir: Path) -> Path:
     return data_dir / "runs"
+
+
+def _hand_over(run_dir: Path, user: tuple[int, int], data_dir: Path) -> None:
+    """Give a run's checkout and output folder to the user the tests run as, and keep
+    the rest of the data folder out of its reach: it may pass through ``data_dir`` and
+    ``runs/`` (0711) but list neither, read the mirrors (0755, root's) but not change
+    them, and not enter the outbox (0700)."""
+    for folder, mode in ((data_dir, 0o711), (_runs_dir(data_dir), 0o711),
+                         (data_dir / "mirrors", 0o755), (data_dir / "outbox", 0o700)):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+    run_dir.chmod(0o755)  # root's: run.json and pgid stay the worker's own
+    for top in (run_dir / "src", run_dir / "out"):
+        os.lchown(top, *user)
+        for root, dirs, files in os.walk(top):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), *user)
 
 
 def mirror_for(data_dir: Path, repo: str) -> Mirror:
@@ -313,11 +334,22 @@ def run_commit(plan: RunPlan) -> Report:
                 "no tests/ directory in this commit; ciq runs `python -m pytest tests` "
                 "from the repository root",
             )
-        junit_path = run_dir / "junit.xml"
+        out = run_dir / "out"
+        (out / "home").mkdir(parents=True)
+        junit_path = out / "junit.xml"
         cmd = default_command(junit_path)
+        env = run_environment(dict(os.environ))
+        user = None
+        if plan.run_as:
+            if os.geteuid() != 0:
+                return finish("error", "CIQ_RUN_AS needs a worker running as root")
+            pw = pwd.getpwnam(plan.run_as)
+            user = (pw.pw_uid, pw.pw_gid)
+            _hand_over(run_dir, user, plan.data_dir)
+            env.update(HOME=str(out / "home"), USER=plan.run_as, LOGNAME=plan.run_as)
         done = run_sandboxed(
-            cmd, worktree, run_environment(dict(os.environ)), plan.time_limit,
-            plan.output_limit, run_dir / "pgid", plan.min_free_bytes,
+            cmd, worktree, env, plan.time_limit, plan.output_limit, run_dir / "pgid",
+            plan.min_free_bytes, user,
         )  # fmt: skip
         timings["test"] = round(done.seconds, 3)
         junit_error = None

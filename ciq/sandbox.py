@@ -1,4 +1,5 @@
-"""Supervisor of one test command: ``python -I -S sandbox.py PGID_FILE -- CMD...``.
+"""Supervisor of one test command:
+``python -I -S sandbox.py [--user UID:GID] PGID_FILE -- CMD...``.
 
 It stands between a worker and the code under test, and it is what makes "a killed
 worker leaves no test suite running" true:
@@ -12,6 +13,9 @@ worker leaves no test suite running" true:
 * it starts the command in a new session, records its process group in PGID_FILE (for
   the worker's sweeper if the supervisor itself is killed), waits for it, and then kills
   every descendant still alive.
+
+With ``--user`` (a worker running as root with ``CIQ_RUN_AS``) the command runs as that
+user, so it can neither touch the worker's files nor signal the supervisor.
 
 SIGUSR1 from the worker (time limit) or from the kernel (worker died) kills the whole
 tree at once. SIGINT/SIGTERM/SIGQUIT sent to the worker's process group are ignored:
@@ -83,8 +87,13 @@ def kill_tree(pgid: int) -> None:
 
 
 def main(argv: list[str]) -> int:
+    user: tuple[int, int] | None = None
+    if len(argv) > 2 and argv[1] == "--user":  # UID:GID the command runs as
+        uid, gid = argv[2].split(":")
+        user = (int(uid), int(gid))
+        argv = [argv[0], *argv[3:]]
     if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("usage: sandbox.py PGID_FILE -- COMMAND...\n")
+        sys.stderr.write("usage: sandbox.py [--user UID:GID] PGID_FILE -- COMMAND...\n")
         return 2
     pgid_file, cmd = argv[1], argv[3:]
     parent = os.getppid()
@@ -109,6 +118,10 @@ def main(argv: list[str]) -> int:
             os.setsid()
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, STOP):
                 signal.signal(sig, signal.SIG_DFL)
+            if user is not None:  # the supervisor stays root: it can always kill the tree
+                os.setgroups([])
+                os.setgid(user[1])
+                os.setuid(user[0])
             os.execvp(cmd[0], cmd)
         except OSError as exc:
             sys.stderr.write(f"ciq: cannot run {cmd[0]}: {exc.strerror}\n")

@@ -46,6 +46,9 @@ class Settings:
     #: stopped with an `error` report, so that a test filling the disk cannot starve the
     #: worker, its outbox or a Redis on the same disk.
     min_free_mb: int = 64
+    #: User the code under test runs as (a worker running as root only): it then cannot
+    #: reach the mirrors, the outbox or other runs. None: the worker's own user.
+    run_as: str | None = None
     #: Name written in reports as `worker`; defaults to the host name.
     worker_name: str = field(default_factory=lambda: os.uname().nodename)
 
@@ -61,6 +64,7 @@ class Settings:
         "max_attempts": "CIQ_MAX_ATTEMPTS",
         "output_limit": "CIQ_OUTPUT_LIMIT",
         "min_free_mb": "CIQ_MIN_FREE_MB",
+        "run_as": "CIQ_RUN_AS",
         "worker_name": "CIQ_WORKER_NAME",
     }
 
@@ -72,6 +76,13 @@ class Settings:
             raise ConfigError(f"{self.ENV['max_attempts']} must be at least 1")
         if self.min_free_mb < 0:
             raise ConfigError(f"{self.ENV['min_free_mb']} must be a number of MiB, 0 or more")
+        if self.run_as:
+            import pwd
+
+            try:
+                pwd.getpwnam(self.run_as)
+            except KeyError:
+                raise ConfigError(f"{self.ENV['run_as']}={self.run_as!r}: no such user") from None
         if self.output_limit < 1024:
             raise ConfigError(f"{self.ENV['output_limit']} must be at least 1024 bytes")
         for name in ("broker_url", "result_backend"):

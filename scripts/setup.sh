@@ -25,7 +25,7 @@ ciq_system_packages() {
     command -v git >/dev/null || missing+=(git)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v openssl >/dev/null || missing+=(openssl)
-    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+    python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
     ciq_apt_install "${missing[@]}"
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
         echo "ciq: needs Python 3.11 or newer; python3 is $(python3 --version 2>&1)" >&2

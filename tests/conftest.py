@@ -236,12 +236,12 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerP
     started: list[WorkerProcess] = []
 
     def start(name: str = "w1", concurrency: int = 1, data_dir: Path | None = None,
-              **env: str) -> WorkerProcess:
+              python: str = sys.executable, **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{name}-{len(started)}.log"
         environ = ciq_env(settings, **env)
         if data_dir is not None:
             environ["CIQ_DATA_DIR"] = str(data_dir)
-        cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
+        cmd = [python, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
                f"--concurrency={concurrency}", f"--hostname={name}@%h",
                "--without-mingle", "--without-gossip"]
         with open(log, "wb") as out:
@@ -308,3 +308,29 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 def settings_for(server_url: str, data_dir: Path) -> Settings:
     return Settings(broker_url=server_url, result_backend=server_url, data_dir=data_dir,
                     lease_ttl=2.0, reconcile_interval=0.5)
+
+
+@pytest.fixture(scope="session")
+def system_venv() -> Iterator[Path]:
+    """A virtual environment with ciq, made from Debian's /usr/bin/python3 in a folder
+    any user can read: a test run as another user needs an interpreter it may execute
+    (pyenv's lives under /root, 0700)."""
+    import tempfile
+
+    base = Path("/usr/bin/python3")
+    if not base.exists():
+        pytest.fail("/usr/bin/python3 is missing: apt-get install -y python3 python3-venv")
+    folder = Path(tempfile.mkdtemp(prefix="ciq-sysvenv-"))
+    folder.chmod(0o755)
+    try:
+        venv = folder / "venv"
+        subprocess.run([str(base), "-m", "venv", str(venv)], check=True, capture_output=True)
+        root = Path(__file__).resolve().parent.parent
+        done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                               "--disable-pip-version-check", "-e", str(root)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot install ciq into a venv of /usr/bin/python3:\n{done.stderr}")
+        yield venv
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

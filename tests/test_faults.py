@@ -302,3 +302,64 @@ def _pings(store: Store) -> bool:
         return bool(store.client.ping())
     except Exception:
         return False
+
+
+HOSTILE = """\
+import os, pathlib, shutil
+
+import pytest
+
+
+def test_runs_as_another_user():
+    assert os.geteuid() != 0
+
+
+def test_cannot_delete_the_mirrors():
+    with pytest.raises(PermissionError):
+        shutil.rmtree("../../../mirrors")
+
+
+def test_cannot_list_other_runs():
+    with pytest.raises(PermissionError):
+        os.listdir("../..")
+
+
+def test_cannot_enter_the_outbox():
+    with pytest.raises(PermissionError):
+        os.listdir("../../../outbox")
+
+
+def test_cannot_rewrite_its_run_record():
+    with pytest.raises(PermissionError):
+        pathlib.Path("../run.json").write_text("{}")
+"""
+
+
+def test_tests_run_as_another_user_cannot_reach_the_workers_files(
+    system_venv: Path, worker, make_repo, store: Store, settings: Settings
+):
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root, as CIQ_RUN_AS does")
+    # Given a worker (root) whose tests run as `nobody`, in a data folder others can pass
+    data = Path(tempfile.mkdtemp(prefix="ciq-runas-"))
+    data.chmod(0o711)
+    try:
+        repo = make_repo({"tests/test_hostile.py": HOSTILE})
+        worker(python=str(system_venv / "bin" / "python"), data_dir=data,
+               CIQ_RUN_AS="nobody")
+        # When a commit whose tests try to delete what they can reach is run
+        assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+        report = wait_report(store, str(repo.path), repo.head(), timeout=60)
+        # Then every attempt failed for lack of permission, and the worker is unharmed
+        assert report.status == "passed", report.output
+        assert report.summary.passed == 5
+        mirrors = list((data / "mirrors").glob("*.git"))
+        assert mirrors and (mirrors[0] / "objects").is_dir()
+        second = repo.commit({"tests/test_more.py": "def test_more():\n    pass\n"}, "more")
+        assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+        assert wait_report(store, str(repo.path), second, timeout=60).summary.passed == 6
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
