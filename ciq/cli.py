@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -95,8 +96,30 @@ def cli() -> None:
     """ciq: every commit tested on a pool of Celery workers, one report per commit."""
 
 
+CONFIG_OPTION = click.option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+    help="The operator's TOML settings: [[repo]] tables with url, branches, test, env, "
+         "setup, timeout.")
+
+
+def _operator_configs(store: Store, config_file: Path, repo: str | None) -> list[Any]:
+    """The [[repo]] entries of FILE (only REPO's when given), published for workers."""
+    from .gitrepo import normalise_repo
+    from .repoconfig import operator_file
+
+    configs = [(normalise_repo(c.url or ""), c) for c in operator_file(config_file)]
+    if repo is not None:
+        configs = [(name, c) for name, c in configs if name == repo]
+        if not configs:
+            raise BadInput(f"{repo} has no [[repo]] entry in {config_file}")
+    for name, config in configs:
+        store.set_repo_config(name, config_file.name, config.to_dict())
+    return configs
+
+
 @cli.command()
-@click.argument("repo")
+@click.argument("repo", required=False)
+@CONFIG_OPTION
 @click.option("--branch", "-b", "branches", multiple=True, metavar="B",
               help="Branch to watch (repeatable; default: the repository's default branch).")
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.1),
@@ -105,18 +128,28 @@ def cli() -> None:
 @click.option("--latest-only", is_flag=True,
               help="Test only the newest commit of each poll (the classic behaviour).")
 @click.option("--verbose", "-v", is_flag=True)
-def observe(repo: str, branches: tuple[str, ...], interval: float, once: bool,
-            latest_only: bool, verbose: bool) -> None:
-    """Watch REPO (a path or git URL) and enqueue one run per new commit, oldest first."""
+def observe(repo: str | None, config_file: Path | None, branches: tuple[str, ...],
+            interval: float, once: bool, latest_only: bool, verbose: bool) -> None:
+    """Watch REPO (a path or git URL), or every repository of --config FILE, and enqueue
+    one run per new commit, oldest first."""
     from .gitrepo import validate_rev
+    from .observer import Observer, Watch
 
+    if repo is None and config_file is None:
+        raise click.UsageError("give a REPO to watch, or --config FILE")
     settings = _settings()
     _setup_logging(verbose)
     for b in branches:
         validate_rev(b)
-    repo = _repo_arg(repo)
+    name = _repo_arg(repo) if repo else None
     store = _store(settings)
-    observer = _make_observer(settings, store, repo, branches, latest_only)
+    if config_file is not None:
+        watches = [Watch(n, tuple(branches) or c.branches, latest_only)
+                   for n, c in _operator_configs(store, config_file, name)]
+    else:
+        assert name is not None
+        watches = [Watch(name, branches, latest_only)]
+    observer = Observer(watches, store, _dispatcher(settings, store), settings.data_dir)
     if once:
         result = observer.poll()
         if result.errors:
@@ -129,13 +162,6 @@ def observe(repo: str, branches: tuple[str, ...], interval: float, once: bool,
     observer.run_forever(interval, stop)
 
 
-def _make_observer(settings: Settings, store: Store, repo: str, branches: tuple[str, ...],
-                   latest_only: bool) -> Any:
-    from .observer import Observer, Watch
-
-    return Observer([Watch(repo, branches, latest_only)], store, _dispatcher(settings, store),
-                    settings.data_dir)
-
 
 def _dispatcher(settings: Settings, store: Store) -> Any:
     from .dispatch import Dispatcher
@@ -146,7 +172,8 @@ def _dispatcher(settings: Settings, store: Store) -> Any:
 @cli.command()
 @click.argument("repo")
 @click.argument("rev", required=False)
-def enqueue(repo: str, rev: str | None) -> None:
+@CONFIG_OPTION
+def enqueue(repo: str, rev: str | None, config_file: Path | None) -> None:
     """Test one commit of REPO now (default: HEAD) and print its SHA.
 
     Meant for git hooks: `ciq enqueue "$PWD"` in post-commit, or with the pushed SHA in
@@ -154,6 +181,8 @@ def enqueue(repo: str, rev: str | None) -> None:
     """
     from .push import run
 
+    if config_file is not None:
+        _operator_configs(_store(_settings()), config_file, _repo_arg(repo))
     sys.exit(run(repo, rev))
 
 

@@ -20,6 +20,7 @@ from typing import TypeVar
 import redis
 
 from . import outbox
+from .repoconfig import RepoConfig
 from .report import Report, utcnow
 from .runner import RunPlan, clean_up, run_commit
 from .settings import Settings
@@ -118,11 +119,13 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
                 "worker process dying (does a test kill its parent process?)",
             )  # fmt: skip
         else:
+            stored = patiently(f"run {run_id}", lambda: store.repo_config(repo))
+            operator = RepoConfig.parse(stored[1], stored[0]) if stored else None
             plan = RunPlan(
                 repo=repo, sha=sha, branch=branch, run_id=run_id, worker=worker,
                 attempts=attempt, data_dir=settings.data_dir, time_limit=settings.time_limit,
                 output_limit=settings.output_limit, min_free_bytes=settings.min_free_mb << 20,
-                run_as=settings.run_as,
+                run_as=settings.run_as, operator=operator,
             )  # fmt: skip
             with Heartbeat(store, repo, sha, run_id, lease_ttl):
                 try:

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import cast
 
 from . import sandbox
-from .errors import CiqError
+from .errors import CiqError, ConfigError
 from .gitrepo import SAFE_GIT_ENV, Mirror, remove_tree
 from .junit import JUnitError, parse_junit
 from .keys import repo_id
+from .repoconfig import RepoConfig, from_checkout
 from .report import Report, Summary, utcnow
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class RunPlan:
     min_free_bytes: int = 0
     #: User the tests run as (see Settings.run_as); None: the worker's user.
     run_as: str | None = None
+    #: The operator's settings of this repository (the commit's own ones win).
+    operator: RepoConfig | None = None
 
 
 class OutputTail:
@@ -266,8 +269,10 @@ def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
     return cleaned
 
 
-def _status(done: Completed, tests_found: bool, junit_error: str | None, summary: Summary
-            ) -> tuple[str, str]:
+def _status(done: Completed, tests_found: bool, junit_error: str | None, summary: Summary,
+            pytest_codes: bool = True) -> tuple[str, str]:
+    """A run's status and one-line message. Exit statuses 2, 4 and 5 mean something only
+    for pytest itself (``pytest_codes``); any other command fails or passes."""
     if done.timed_out:
         return "timeout", "the test run was killed at the time limit"
     if done.disk_full:
@@ -280,6 +285,10 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
         return "failed", f"{summary.failed + summary.errors} of {summary.total} tests failed"
     if code == 1:
         return "failed", "the test command exited with status 1"
+    if code in (126, 127):
+        return "error", f"the test command could not be run (exit status {code})"
+    if not pytest_codes and 0 < code < 128:
+        return "failed", f"the test command exited with status {code}"
     if code == 2:
         return "error", "test collection failed or the run was interrupted (pytest exit 2)"
     if code == 4:
@@ -328,17 +337,41 @@ def run_commit(plan: RunPlan) -> Report:
         except CiqError as exc:
             return finish("error", f"could not check out {plan.sha[:12]}: {exc}")
         timings["checkout"] = round(time.monotonic() - t0, 3)
-        if not (worktree / "tests").is_dir():
-            return finish(
-                "error",
-                "no tests/ directory in this commit; ciq runs `python -m pytest tests` "
-                "from the repository root",
-            )
+        try:
+            own = from_checkout(worktree)
+        except ConfigError as exc:
+            return finish("error", f"bad ciq settings in this commit: {exc}")
+        config = own.over(plan.operator) if own else plan.operator
         out = run_dir / "out"
         (out / "home").mkdir(parents=True)
         junit_path = out / "junit.xml"
-        cmd = default_command(junit_path)
         env = run_environment(dict(os.environ))
+        # `python` in a command is the worker's interpreter (a run's own virtual
+        # environment comes with cached environments).
+        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+        if config and config.test:
+            cmd = ["/bin/sh", "-c", config.test]
+            shown = config.test
+            # Any pytest the command starts writes JUnit where ciq reads it; other tools
+            # may write JUnit XML to $JUNIT_XML.
+            env["JUNIT_XML"] = str(junit_path)
+            env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
+                                     + env.get("PYTEST_ADDOPTS", "")).strip()
+        else:
+            if not (worktree / "tests").is_dir():
+                return finish(
+                    "error",
+                    "no tests/ directory in this commit; ciq runs `python -m pytest tests` "
+                    "from the repository root unless `test` is set in ciq.toml or "
+                    "[tool.ciq]",
+                )
+            cmd = default_command(junit_path)
+            shown = shlex.join(["python", *cmd[1:]])
+        if config:
+            env.update(config.env)
+        time_limit = plan.time_limit
+        if config and config.timeout:
+            time_limit = min(config.timeout, plan.time_limit)
         user = None
         if plan.run_as:
             if os.geteuid() != 0:
@@ -347,8 +380,23 @@ def run_commit(plan: RunPlan) -> Report:
             user = (pw.pw_uid, pw.pw_gid)
             _hand_over(run_dir, user, plan.data_dir)
             env.update(HOME=str(out / "home"), USER=plan.run_as, LOGNAME=plan.run_as)
+        for n, step in enumerate(config.setup if config else (), 1):
+            left = time_limit - (time.monotonic() - t0)
+            setup = run_sandboxed(
+                ["/bin/sh", "-c", step], worktree, env, max(left, 1), plan.output_limit,
+                run_dir / "pgid", plan.min_free_bytes, user,
+            )  # fmt: skip
+            if setup.timed_out:
+                return finish("timeout", f"setup step {n} (`{step}`) hit the time limit",
+                              output=setup.output, command=step)
+            if setup.exit_code != 0:
+                return finish("error", f"setup step {n} (`{step}`) failed with exit status "
+                              f"{setup.exit_code}", output=setup.output, command=step)
+        if config and config.setup:
+            timings["setup"] = round(time.monotonic() - t0 - timings["checkout"], 3)
+        left = time_limit - (time.monotonic() - t0)
         done = run_sandboxed(
-            cmd, worktree, env, plan.time_limit, plan.output_limit, run_dir / "pgid",
+            cmd, worktree, env, max(left, 1), plan.output_limit, run_dir / "pgid",
             plan.min_free_bytes, user,
         )  # fmt: skip
         timings["test"] = round(done.seconds, 3)
@@ -359,10 +407,11 @@ def run_commit(plan: RunPlan) -> Report:
         except JUnitError as exc:
             junit_error = str(exc)
         summary = Summary.of(tests)
-        status, message = _status(done, bool(tests), junit_error, summary)
+        status, message = _status(done, bool(tests), junit_error, summary,
+                                  pytest_codes=cmd[0] != "/bin/sh")
         return finish(
             status, message, summary=summary, tests=tuple(tests), output=done.output,
-            command=shlex.join(["python", *cmd[1:]]), exit_code=done.exit_code, timings=timings,
+            command=shown, exit_code=done.exit_code, timings=timings,
         )  # fmt: skip
     except BaseException:
         clean_up(plan)

@@ -17,6 +17,7 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 ``ciq:started``                set     members that took a lease and have no report yet
 ``ciq:unsent``                 zset    members claimed but not yet handed to the broker
 ``ciq:position:<rid>``         hash    branch → last SHA the observer handled
+``ciq:repo-config``            hash    rid → the operator's settings (JSON)
 ``celery-task-meta-<task id>`` string  the final report (Celery result meta, no expiry)
 =============================  ======  ==================================================
 """
@@ -304,6 +305,20 @@ class Store:
                 pipe.execute()
             pruned += 1
         return pruned
+
+    # -- operator settings ----------------------------------------------------------------
+
+    def set_repo_config(self, repo: str, source: str, config: dict[str, Any]) -> None:
+        """The operator's settings of a repository, for workers to read at run time."""
+        payload = json.dumps({"source": source, "config": config})
+        self.client.hset("ciq:repo-config", repo_id(repo), payload)
+
+    def repo_config(self, repo: str) -> tuple[str, dict[str, Any]] | None:
+        raw = self.client.hget("ciq:repo-config", repo_id(repo))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return data["source"], data["config"]
 
     # -- observer positions ---------------------------------------------------------------
 

@@ -94,3 +94,26 @@ def test_the_daemon_survives_a_repository_that_disappears(
     moved.rename(repo.path)
     sha = repo.commit({"b": "1"}, "after the outage")
     wait_for(lambda: store.position(str(repo.path), "main") == sha, 20, "the next poll")
+
+
+def test_observe_a_config_file_watches_every_repository_listed(
+    settings: Settings, make_repo, store: Store, tmp_path
+) -> None:
+    first, second = make_repo(PASSING), make_repo(PASSING)
+    second.git("checkout", "-q", "-b", "release")
+    release = second.commit({"r": "1"}, "on release")
+    ops = tmp_path / "ops.toml"
+    ops.write_text(f'[[repo]]\nurl = "{first.path}"\n\n'
+                   f'[[repo]]\nurl = "{second.path}"\nbranches = ["release"]\n'
+                   f'test = "python -m pytest tests -x"\n')
+    done = run_ciq(settings, "observe", "--config", str(ops), "--once")
+    assert done.returncode == 0, done.stderr
+    assert "enqueued 2 commits" in done.stdout
+    assert store.recent(str(second.path))[0]["commit"] == release
+    assert store.repo_config(str(second.path))[1]["test"] == "python -m pytest tests -x"
+    ops.write_text("[[repo]]\nbranches = ['main']\n")
+    bad = run_ciq(settings, "observe", "--config", str(ops), "--once")
+    assert bad.returncode == 1 and "'url' is required" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    none = run_ciq(settings, "observe", "--once")
+    assert none.returncode == 2 and "--config FILE" in none.stderr

@@ -1,0 +1,135 @@
+"""Per-repository settings: parsing, precedence, and real runs that use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ciq.errors import ConfigError
+from ciq.repoconfig import RepoConfig, from_checkout, operator_file
+from ciq.settings import Settings
+from ciq.store import Store
+
+from .conftest import run_ciq, wait_report
+
+
+def test_settings_parse_and_the_commit_wins_key_by_key() -> None:
+    operator = RepoConfig.parse({"url": "/r", "test": "make test", "timeout": 60,
+                                 "env": {"A": "1", "B": "2"}}, "ops.toml")
+    own = RepoConfig.parse({"test": "python -m pytest t", "env": {"B": "3"}}, "ciq.toml")
+    merged = own.over(operator)
+    assert merged.test == "python -m pytest t" and merged.timeout == 60
+    assert merged.env == {"A": "1", "B": "3"} and merged.url == "/r"
+    assert RepoConfig.parse(merged.to_dict(), "again").to_dict() == merged.to_dict()
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"tset": "x"}, ["'tset'", "ciq.toml", "unknown key"]),
+    ({"timeout": -3}, ["'timeout'", "ciq.toml", "positive number"]),
+    ({"timeout": True}, ["'timeout'"]),
+    ({"env": {"A": 1}}, ["'env'", "table of strings"]),
+    ({"setup": "pip install ."}, ["'setup'", "list of strings"]),
+    ({"test": ""}, ["'test'"]),
+])
+def test_bad_settings_name_the_key_and_the_file(data: dict, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as caught:
+        RepoConfig.parse(data, "ciq.toml")
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_the_commit_settings_come_from_ciq_toml_or_pyproject(tmp_path: Path) -> None:
+    assert from_checkout(tmp_path) is None
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.ciq]\ntest = "a"\n')
+    found = from_checkout(tmp_path)
+    assert found is not None and found.test == "a" and "pyproject.toml" in found.source
+    (tmp_path / "ciq.toml").write_text('test = "b"\n')
+    found = from_checkout(tmp_path)
+    assert found is not None and found.test == "b"
+    (tmp_path / "ciq.toml").write_text('test = "unclosed\n')
+    with pytest.raises(ConfigError, match="ciq.toml: not valid TOML"):
+        from_checkout(tmp_path)
+
+
+def test_operator_files_need_repo_tables_with_urls(tmp_path: Path) -> None:
+    path = tmp_path / "ops.toml"
+    path.write_text('[[repo]]\nurl = "/a"\nbranches = ["main"]\n[[repo]]\ntest = "x"\n')
+    with pytest.raises(ConfigError, match=r"#2: 'url' is required"):
+        operator_file(path)
+    path.write_text('[repos]\nurl = "/a"\n')
+    with pytest.raises(ConfigError, match="unknown table 'repos'"):
+        operator_file(path)
+    with pytest.raises(ConfigError, match="cannot read it"):
+        operator_file(tmp_path / "absent.toml")
+
+
+CHECKS = """\
+import os
+
+def test_env_reaches_the_tests():
+    assert os.environ["GREETING"] == "hi"
+
+def test_another():
+    pass
+"""
+
+UNITTESTS = """\
+import unittest
+
+class T(unittest.TestCase):
+    def test_good(self):
+        pass
+
+    def test_bad(self):
+        self.assertEqual(1, 2)
+"""
+
+
+@pytest.mark.slow
+def test_runs_follow_the_commit_and_operator_settings(
+    make_repo, worker, store: Store, settings: Settings, tmp_path: Path
+) -> None:
+    worker()
+    # Given a project whose pyproject sets its test command and environment
+    own = make_repo({
+        "checks/test_checks.py": CHECKS,
+        "pyproject.toml": '[tool.ciq]\ntest = "python -m pytest checks -q"\n'
+                          'env = { GREETING = "hi" }\n',
+    })
+    # And one tested with unittest, which writes no JUnit
+    plain = make_repo({"checks/test_plain.py": UNITTESTS,
+                       "ciq.toml": 'test = "python -m unittest discover -s checks"\n'})
+    # And one whose settings have a typo
+    typo = make_repo({"tests/test_x.py": "def test_x():\n    pass\n",
+                      "ciq.toml": 'tset = "python -m pytest"\n'})
+    # And one configured only by the operator, with a setup step that fails
+    spec = make_repo({"spec/test_spec.py": "def test_spec():\n    pass\n"})
+    ops = tmp_path / "ops.toml"
+    ops.write_text(f'[[repo]]\nurl = "{spec.path}"\ntest = "python -m pytest spec"\n'
+                   f'setup = ["true", "exit 3"]\n')
+
+    for repo in (own, plain, typo):
+        assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    done = run_ciq(settings, "enqueue", "--config", str(ops), str(spec.path))
+    assert done.returncode == 0, done.stderr
+
+    # Then each run did what its settings say
+    r = wait_report(store, str(own.path), own.head())
+    assert r.status == "passed" and r.command == "python -m pytest checks -q"
+    assert {t.id for t in r.tests} == {"checks/test_checks.py::test_env_reaches_the_tests",
+                                       "checks/test_checks.py::test_another"}
+    r = wait_report(store, str(plain.path), plain.head())
+    assert r.status == "failed" and r.summary.total == 0 and r.exit_code == 1
+    assert "FAILED (failures=1)" in r.output
+    r = wait_report(store, str(typo.path), typo.head())
+    assert r.status == "error" and "'tset'" in r.message and "ciq.toml" in r.message
+    r = wait_report(store, str(spec.path), spec.head())
+    assert r.status == "error" and "setup step 2 (`exit 3`)" in r.message
+
+    # And once the operator fixes the setup, a new commit passes with the operator's command
+    ops.write_text(f'[[repo]]\nurl = "{spec.path}"\ntest = "python -m pytest spec"\n')
+    sha = spec.commit({"spec/test_more.py": "def test_more():\n    pass\n"}, "more")
+    assert run_ciq(settings, "enqueue", "--config", str(ops), str(spec.path)).returncode == 0
+    r = wait_report(store, str(spec.path), sha)
+    assert r.status == "passed" and r.summary.passed == 2
