@@ -79,6 +79,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
+from harness import processes_under, stop_process
 
 from ciq.gitrepo import normalise_repo
 from ciq.keys import repo_id
@@ -311,33 +312,11 @@ class World:
         return leaks
 
     def _ours(self) -> dict[int, str]:
-        """Live processes that run in (or name) this run's temp dir: only ours can."""
-        found = {}
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if cwd.startswith(str(self.root)) or str(self.root) in cmd:
-                found[int(pid)] = cmd[:120]
-        return found
+        return processes_under(self.root)
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the main process (a warm shutdown for a worker), then SIGKILL to its
-    whole session."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+    stop_process(proc, grace)
 
 
 # -- set-up -------------------------------------------------------------------------------------

@@ -53,6 +53,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness import processes_under, stop_process
+
 from ciq.dispatch import Dispatcher
 from ciq.settings import Settings
 from ciq.store import Store
@@ -114,12 +116,7 @@ class World:
         """Stop every process started here, newest first (SIGTERM to the main process: a
         Celery warm shutdown; then SIGKILL to its group); kill and return leftovers."""
         for proc in reversed(self.procs):
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            stop_process(proc)
         self.client.close()
         deadline = time.monotonic() + 3  # let dying pool children and test trees go
         while (leaks := self._ours()) and time.monotonic() < deadline:
@@ -131,17 +128,7 @@ class World:
         return leaks
 
     def _ours(self) -> dict[int, str]:
-        """Live processes that run in (or name) this run's temp dir: only ours can."""
-        found = {}
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:  # gone, or a zombie
-                continue
-            if cwd.startswith(str(self.root)) or str(self.root) in cmd:
-                found[int(pid)] = cmd[:120]
-        return found
+        return processes_under(self.root)
 
 
 def make_commits(path: Path, n: int) -> list[str]:

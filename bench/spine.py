@@ -48,6 +48,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
+from harness import processes_under, stop_process
 
 from ciq.dispatch import Dispatcher
 from ciq.gitrepo import normalise_repo
@@ -148,20 +149,7 @@ class Bench:
         return proc
 
     def stop(self, proc: subprocess.Popen, grace: float = 10.0) -> None:
-        """SIGTERM to the main process only (a Celery warm shutdown: SIGTERM to the whole
-        group kills the pool child, whose finished run's message is then requeued), then
-        SIGKILL to the whole process group."""
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-                proc.wait(grace)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        proc.wait()
+        stop_process(proc, grace)
 
     def new_repo(self, files: dict[str, str]) -> tuple[Path, str]:
         self.repos += 1
@@ -208,17 +196,7 @@ class Bench:
         return leaks
 
     def _ours(self) -> dict[int, str]:
-        """Live processes that run in (or name) this run's temp dir: only ours can."""
-        found = {}
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cwd = os.readlink(f"/proc/{pid}/cwd")
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:  # gone, or a zombie
-                continue
-            if cwd.startswith(str(self.root)) or str(self.root) in cmd:
-                found[int(pid)] = cmd[:120]
-        return found
+        return processes_under(self.root)
 
 
 def ciq_command() -> list[str]:
