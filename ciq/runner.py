@@ -100,9 +100,16 @@ def run_environment(environ: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def default_command(junit_path: Path) -> list[str]:
+def default_tests(checkout: Path) -> list[str]:
+    """Where a person would point pytest: ``tests/`` or ``test/`` when there is one, else
+    nowhere in particular (the whole checkout: tests inside the package, or the
+    project's own ``testpaths``)."""
+    return [d for d in ("tests", "test") if (checkout / d).is_dir()][:1]
+
+
+def default_command(junit_path: Path, checkout: Path) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", "tests",
+        sys.executable, "-m", "pytest", *default_tests(checkout),
         f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",
     ]  # fmt: skip
 
@@ -294,7 +301,8 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
     if code == 4:
         return "error", "pytest could not start: bad usage or missing test path (exit 4)"
     if code == 5:
-        return "error", "no tests were collected (pytest exit 5)"
+        return "error", ("no tests were collected (pytest exit 5); set `test` in ciq.toml "
+                         "or [tool.ciq] to say how this project is tested")
     if code < 0 or code > 128:
         sig = -code if code < 0 else code - 128
         return "error", f"the test command was killed by signal {sig}"
@@ -358,15 +366,11 @@ def run_commit(plan: RunPlan) -> Report:
             env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
                                      + env.get("PYTEST_ADDOPTS", "")).strip()
         else:
-            if not (worktree / "tests").is_dir():
-                return finish(
-                    "error",
-                    "no tests/ directory in this commit; ciq runs `python -m pytest tests` "
-                    "from the repository root unless `test` is set in ciq.toml or "
-                    "[tool.ciq]",
-                )
-            cmd = default_command(junit_path)
-            shown = shlex.join(["python", *cmd[1:]])
+            cmd = default_command(junit_path, worktree)
+            shown = shlex.join(["python", "-m", "pytest", *default_tests(worktree)])
+            if (worktree / "src").is_dir():  # a src/ layout imports from the checkout
+                env["PYTHONPATH"] = os.pathsep.join(
+                    p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
         if config:
             env.update(config.env)
         time_limit = plan.time_limit

@@ -133,3 +133,26 @@ def test_runs_follow_the_commit_and_operator_settings(
     assert run_ciq(settings, "enqueue", "--config", str(ops), str(spec.path)).returncode == 0
     r = wait_report(store, str(spec.path), sha)
     assert r.status == "passed" and r.summary.passed == 2
+
+
+@pytest.mark.slow
+def test_without_settings_tests_are_found_where_pytest_would_find_them(
+    make_repo, worker, store: Store, settings: Settings
+) -> None:
+    worker()
+    # Given a test/ folder, tests inside the package, and a src/ layout
+    singular = make_repo({"test/test_a.py": "def test_a():\n    pass\n"})
+    inside = make_repo({"pkg/__init__.py": "", "pkg/test_inside.py":
+                        "def test_inside():\n    pass\n"})
+    src = make_repo({"src/lib/__init__.py": "VALUE = 42\n", "tests/test_lib.py":
+                     "from lib import VALUE\n\ndef test_value():\n    assert VALUE == 42\n"})
+    for repo in (singular, inside, src):
+        assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    # Then each is tested with the right command and its tests are reported
+    r = wait_report(store, str(singular.path), singular.head())
+    assert (r.status, r.command, r.summary.passed) == ("passed", "python -m pytest test", 1)
+    r = wait_report(store, str(inside.path), inside.head())
+    assert (r.status, r.command) == ("passed", "python -m pytest")
+    assert [t.id for t in r.tests] == ["pkg/test_inside.py::test_inside"]
+    r = wait_report(store, str(src.path), src.head())
+    assert (r.status, r.summary.passed) == ("passed", 1), r.output

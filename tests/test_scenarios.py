@@ -225,7 +225,7 @@ def test_bad_commits_get_error_reports_and_nothing_is_lost(
 
     # Then each ends with exactly one report saying what went wrong
     missing = wait_report(store, str(repo.path), no_tests)
-    assert missing.status == "error" and "no tests/ directory" in missing.message
+    assert missing.status == "error" and "no tests were collected" in missing.message
     absent = wait_report(store, url, unknown)
     assert absent.status == "error" and "could not check out" in absent.message
     assert wait_report(store, str(repo.path), good).status == "passed"
