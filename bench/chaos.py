@@ -79,7 +79,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from harness import processes_under, stop_process
+from harness import kill_leftovers, stop_process
 
 from ciq.gitrepo import normalise_repo
 from ciq.keys import repo_id
@@ -295,14 +295,8 @@ class World:
             if proc is not None:
                 stop(proc, grace=15 if any(d.proc is proc for d in daemons) else 10)
         self.store.client.close()
-        deadline = time.monotonic() + 5  # let orphaned test trees and supervisors go
-        while (leaks := self._ours()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in leaks:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # let dying pool processes and test trees go, then kill what is left
+        leaks = kill_leftovers(self.root, grace=5)
         keep = RESULTS / "chaos-logs"
         shutil.rmtree(keep, ignore_errors=True)
         shutil.copytree(self.root / "logs", keep)
@@ -310,9 +304,6 @@ class World:
             shutil.copy(self.exec_log, keep / "executions.log")
         shutil.rmtree(self.root, ignore_errors=True)
         return leaks
-
-    def _ours(self) -> dict[int, str]:
-        return processes_under(self.root)
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:

@@ -1,28 +1,22 @@
-"""What the benchmarks share: stopping what they started, and finding what they left."""
+"""What the benchmarks share: stopping what they started, finding what they left, and
+writing their results."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
+from ciq.processes import stop_process
 
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the main process only (a Celery warm shutdown: SIGTERM to the whole
-    group would kill the pool process mid-run and requeue its message), then SIGKILL to
-    the whole session."""
-    if proc.poll() is None:
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(grace)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
+__all__ = ["kill_leftovers", "processes_under", "save_results", "show_worker_logs",
+           "stop_process"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def processes_under(root: Path) -> dict[int, str]:
@@ -37,3 +31,35 @@ def processes_under(root: Path) -> dict[int, str]:
         if cwd.startswith(str(root)) or str(root) in cmd:
             found[int(pid)] = cmd[:120]
     return found
+
+
+def kill_leftovers(root: Path, grace: float) -> dict[int, str]:
+    """Give dying pool processes and test trees ``grace`` seconds, then SIGKILL whatever
+    still runs under ``root``; returns what had to be killed."""
+    deadline = time.monotonic() + grace
+    while (leaks := processes_under(root)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in leaks:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return leaks
+
+
+def show_worker_logs(root: Path) -> None:
+    """The last lines of every worker log, on stderr (the logs go with the temp dir)."""
+    for log in sorted(root.glob("worker-*.log")):
+        print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(
+            errors="replace").splitlines()[-15:]), file=sys.stderr)
+
+
+def save_results(name: str, results: dict[str, Any], leaks: dict[int, str]) -> Path:
+    """Write ``bench/results/NAME.json``, reporting processes that were left running."""
+    results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
+    for pid, cmd in leaks.items():
+        print(f"warning: process left running, killed: {pid} {cmd}")
+    out = RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    return out

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import importlib.metadata
 import itertools
 import json
@@ -53,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import processes_under, stop_process
+from harness import kill_leftovers, save_results, show_worker_logs, stop_process
 
 from ciq.dispatch import Dispatcher
 from ciq.settings import Settings
@@ -118,17 +117,10 @@ class World:
         for proc in reversed(self.procs):
             stop_process(proc)
         self.client.close()
-        deadline = time.monotonic() + 3  # let dying pool children and test trees go
-        while (leaks := self._ours()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in leaks:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        # let dying pool processes and test trees go, then kill what is left
+        leaks = kill_leftovers(self.root, grace=3)
         shutil.rmtree(self.root, ignore_errors=True)
         return leaks
-
-    def _ours(self) -> dict[int, str]:
-        return processes_under(self.root)
 
 
 def make_commits(path: Path, n: int) -> list[str]:
@@ -422,18 +414,10 @@ def main() -> int:
     try:
         results["load"] = run(w, n, args.workers)
     except BaseException:
-        for log in sorted(w.root.glob("worker-*.log")):  # gone with the temp dir after this
-            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(
-                errors="replace").splitlines()[-15:]), file=sys.stderr)
+        show_worker_logs(w.root)
         raise
     finally:
-        leaks = w.close()
-        results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
-        for pid, cmd in leaks.items():
-            print(f"warning: process left running, killed: {pid} {cmd}")
-        out = Path(__file__).resolve().parent / "results" / "load.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        out = save_results("load", results, w.close())
     verdicts = show(results["load"])
     print("summary: " + ", ".join(f"({k}) {'PASS' if v else 'FAIL'}" for k, v in
                                   verdicts.items()) + f"; raw numbers in {out}")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import shutil
@@ -48,7 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from harness import processes_under, stop_process
+from harness import kill_leftovers, save_results, show_worker_logs, stop_process
 
 from ciq.dispatch import Dispatcher
 from ciq.gitrepo import normalise_repo
@@ -184,19 +183,10 @@ class Bench:
         for proc in reversed(self.procs):
             self.stop(proc)
         self.store.client.close()
-        deadline = time.monotonic() + 3  # let dying pool children and test trees go
-        while (leaks := self._ours()) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for pid in leaks:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # let dying pool processes and test trees go, then kill what is left
+        leaks = kill_leftovers(self.root, grace=3)
         shutil.rmtree(self.root, ignore_errors=True)
         return leaks
-
-    def _ours(self) -> dict[int, str]:
-        return processes_under(self.root)
 
 
 def ciq_command() -> list[str]:
@@ -362,18 +352,10 @@ def main() -> int:
         results["b_burst"] = burst(b, n_b)
         results["c_recovery"] = recovery(b, n_c)
     except BaseException:
-        for log in sorted(b.root.glob("worker-*.log")):  # gone with the temp dir after this
-            print(f"--- {log.name} (last lines)\n" + "\n".join(log.read_text(
-                errors="replace").splitlines()[-15:]), file=sys.stderr)
+        show_worker_logs(b.root)
         raise
     finally:
-        leaks = b.close()
-        results["leaked_processes"] = [f"{pid} {cmd}" for pid, cmd in leaks.items()]
-        for pid, cmd in leaks.items():
-            print(f"warning: process left running, killed: {pid} {cmd}")
-        out = Path(__file__).resolve().parent / "results" / "spine.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        out = save_results("spine", results, b.close())
     verdicts = {k[0]: results[k]["pass"] for k in ("a_latency", "b_burst", "c_recovery")}
     print("summary: " + ", ".join(f"({k}) {'PASS' if v else 'FAIL'}" for k, v in
                                   verdicts.items()) + f"; raw numbers in {out}")

@@ -18,7 +18,7 @@ import redis
 
 from .gitrepo import CommitInfo
 from .keys import RUN_TASK
-from .message import run_message
+from .message import args_repr, run_message
 from .settings import Settings
 from .store import Store, task_id
 
@@ -62,7 +62,7 @@ def celery_sender(app: Any, queue: str) -> Sender:
     def send(repo: str, sha: str, branch: str | None) -> None:
         app.send_task(
             RUN_TASK, args=[repo, sha, branch], task_id=task_id(repo, sha), queue=queue,
-            argsrepr=f"({repo!r}, {sha[:12]!r}, {branch!r})",
+            argsrepr=args_repr(repo, sha, branch),
         )  # fmt: skip
 
     return send

@@ -20,6 +20,11 @@ from typing import Any
 from .keys import task_id
 
 
+def args_repr(repo: str, sha: str, branch: str | None) -> str:
+    """What Flower and `celery inspect` show instead of a run's full arguments."""
+    return f"({repo!r}, {sha[:12]!r}, {branch!r})"
+
+
 def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str) -> str:
     """The broker payload of one run of ``task`` for (repo, sha, branch)."""
     tid = task_id(repo, sha)
@@ -29,8 +34,7 @@ def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str) 
         "lang": "py", "task": task, "id": tid, "shadow": None, "eta": None, "expires": None,
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": tid, "parent_id": None,
-        # What Flower and `celery inspect` show instead of the full arguments.
-        "argsrepr": f"({repo!r}, {sha[:12]!r}, {branch!r})", "kwargsrepr": "{}",
+        "argsrepr": args_repr(repo, sha, branch), "kwargsrepr": "{}",
         "origin": f"gen{os.getpid()}@{os.uname().nodename}", "ignore_result": None,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }  # fmt: skip

@@ -53,6 +53,9 @@ class Observer:
         self.store = store
         self.dispatcher = dispatcher
         self.mirror_root = data_dir / "mirrors"
+        # A repository's default branch, asked of its remote once (an ls-remote per poll
+        # would double the network round trips of every poll).
+        self._defaults: dict[str, str] = {}
 
     def poll(self) -> PollResult:
         """Fetch every watched repository once and enqueue its new commits."""
@@ -70,10 +73,12 @@ class Observer:
         heads = mirror.branches()
         branches = list(watch.branches)
         if not branches:
-            default = mirror.default_branch() or next(iter(sorted(heads)), None)
-            if default is None:
-                raise RepositoryError("the repository has no branches yet")
-            branches = [default]
+            if watch.repo not in self._defaults:
+                default = mirror.default_branch() or next(iter(sorted(heads)), None)
+                if default is None:
+                    raise RepositoryError("the repository has no branches yet")
+                self._defaults[watch.repo] = default
+            branches = [self._defaults[watch.repo]]
         enqueued: list[str] = []
         for branch in branches:
             head = heads.get(branch)

@@ -49,8 +49,8 @@ class Settings:
     #: User the code under test runs as (a worker running as root only): it then cannot
     #: reach the mirrors, the outbox or other runs. None: the worker's own user.
     run_as: str | None = None
-    #: Name written in reports as `worker`; defaults to the host name.
-    worker_name: str = field(default_factory=lambda: os.uname().nodename)
+    #: Name written in reports as `worker`; None: the Celery node name (name@host).
+    worker_name: str | None = None
 
     #: Environment variable for each field, in one place.
     ENV = {

@@ -48,6 +48,6 @@ def run(self: CiqTask, repo: str, sha: str, branch: str | None = None) -> str:
     except BadInput as exc:  # a hand-made message: nothing to test, nothing to redeliver
         logger.error("task: dropping run of %r: %s", repo, exc)
         return "rejected"
-    worker = os.environ.get(Settings.ENV["worker_name"]) or self.request.hostname or s.worker_name
+    worker = s.worker_name or self.request.hostname or os.uname().nodename
     report = execute(self.store, s, repo, sha, branch, worker)
     return report.status if report else "stood down"

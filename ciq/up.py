@@ -18,11 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from .errors import CiqError
+from .processes import stop_process
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,21 +67,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 20.0) -> None:
-    """SIGTERM to the main process only (a Celery warm shutdown: a signal to the whole
-    group would kill the pool processes mid-run), then SIGKILL to whatever is left."""
-    if proc.poll() is None:
-        with suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 @contextmanager
 def private_redis(data_dir: Path) -> Iterator[str]:
     exe = shutil.which("redis-server")
@@ -114,7 +100,7 @@ def private_redis(data_dir: Path) -> Iterator[str]:
         client.close()
         yield url
     finally:
-        _stop(proc)
+        stop_process(proc, grace=20.0)
 
 
 @contextmanager
@@ -133,7 +119,7 @@ def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[
     try:
         yield
     finally:
-        _stop(proc)
+        stop_process(proc, grace=20.0)
 
 
 def sample_repo(data_dir: Path) -> Path:
@@ -167,7 +153,8 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with private_redis(settings.data_dir) if own_redis else _given(settings.broker_url) as url:
+    given = nullcontext(settings.broker_url)
+    with private_redis(settings.data_dir) if own_redis else given as url:
         if own_redis:
             settings = replace(settings, broker_url=url, result_backend=url)
             echo(f"ciq: private Redis at {url} (data in {settings.data_dir / 'redis'})")
@@ -180,11 +167,6 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
                                 settings.data_dir)
             echo(f"ciq: watching {name} every {interval:g}s; Ctrl-C stops everything")
             return _follow(store, observer, name, once, interval, stop, echo, show)
-
-
-@contextmanager
-def _given(url: str) -> Iterator[str]:
-    yield url
 
 
 def _follow(store, observer, name, once, interval, stop, echo, show) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from ciq.processes import stop_process
 from ciq.report import Report
 from ciq.settings import Settings
 from ciq.store import Store
@@ -43,22 +43,6 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
-
-
-def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop a process we started by pid: SIGTERM to it (a warm shutdown for a worker),
-    then SIGKILL to its whole session."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
 
 
 @dataclass

@@ -18,7 +18,7 @@ def test_ids_and_outcomes_come_from_real_pytest_output(tmp_path: Path) -> None:
         "import pytest\n"
         "def test_pass(): pass\n"
         "def test_fail(): assert 1 == 2, 'one is not two'\n"
-        "@pytest.mark.skip(reason='later')\n"
+        "@pytest.mark.skip(reason='a skipped outcome for the parser to read')\n"
         "def test_skip(): pass\n"
         "class TestGroup:\n"
         "    def test_method(self): pass\n"

@@ -8,6 +8,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from ciq.settings import Settings
 from ciq.store import Store, task_id
 
-from .conftest import PASSING, alive, run_ciq, wait_for, wait_report
+from .conftest import PASSING, alive, ciq_env, run_ciq, wait_for, wait_report
 
 pytestmark = pytest.mark.slow
 
@@ -265,24 +266,12 @@ def test_report_wait_follows_a_queued_commit(make_repo, worker, store, settings:
     assert early.returncode == 1 and "no report yet (queued)" in early.stderr
     # When a worker starts while `ciq report --wait` waits, the report comes
     waiting = subprocess.Popen(
-        [*_ciq_cmd(), "report", str(repo.path), sha, "--wait", "60", "--json"],
-        env=_env(settings), stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "ciq", "report", str(repo.path), sha, "--wait", "60", "--json"],
+        env=ciq_env(settings), stdout=subprocess.PIPE, text=True)
     worker()
     out, _ = waiting.communicate(timeout=90)
     assert waiting.returncode == 0
     assert json.loads(out)["status"] == "passed"
-
-
-def _ciq_cmd() -> list[str]:
-    import sys
-
-    return [sys.executable, "-m", "ciq"]
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    from .conftest import ciq_env
-
-    return ciq_env(settings)
 
 
 POISON = """\
