@@ -305,6 +305,13 @@ def _print_report(r: Any, colour: bool) -> None:
     click.echo(f"{s.total} tests: {s.passed} passed, {s.failed} failed, {s.errors} errors, "
                f"{s.skipped} skipped in {r.duration:.2f}s on {r.worker} "
                f"(attempt {r.attempts}, {r.finished_at})")
+    if r.command:
+        click.echo(f"command: {_printable(r.command)}")
+    if r.environment:
+        e, t = r.environment, r.timings
+        how = "cached" if e.get("cache_hit") else f"built in {e.get('build_seconds', 0):.1f}s"
+        click.echo(f"environment: Python {e.get('python')}, {e.get('key')} ({how}); "
+                   f"setup {t.get('setup', 0):.2f}s, tests {t.get('test', 0):.2f}s")
     if r.message:
         click.echo(_printable(r.message))
     bad = [t for t in r.tests if t.outcome in ("failed", "error")]

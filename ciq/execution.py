@@ -125,7 +125,8 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
                 repo=repo, sha=sha, branch=branch, run_id=run_id, worker=worker,
                 attempts=attempt, data_dir=settings.data_dir, time_limit=settings.time_limit,
                 output_limit=settings.output_limit, min_free_bytes=settings.min_free_mb << 20,
-                run_as=settings.run_as, operator=operator,
+                run_as=settings.run_as, operator=operator, env_root=settings.env_root,
+                env_cache_size=settings.env_cache_size,
             )  # fmt: skip
             with Heartbeat(store, repo, sha, run_id, lease_ttl):
                 try:

@@ -24,14 +24,24 @@ _KINDS: dict[str, str] = {
     "env": "a table of strings",
     "setup": "a list of strings",
     "timeout": "a positive number of seconds",
+    "python": "a Python version like \"3.12\", a name like \"pypy3\", or a path",
+    "deps": "a list of file names or glob patterns inside the repository",
+    "extras": "a list of extra names (may be empty)",
 }
 
 
 def _valid(key: str, value: Any) -> bool:
-    if key in ("url", "test"):
+    if key in ("url", "test", "python"):
         return isinstance(value, str) and bool(value.strip())
     if key in ("branches", "setup"):
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    if key == "deps":  # inside the checkout
+        return isinstance(value, list) and all(
+            isinstance(v, str) and v and not v.startswith("/") and ".." not in v.split("/")
+            for v in value)
+    if key == "extras":
+        return isinstance(value, list) and all(
+            isinstance(v, str) and v.replace("-", "").replace("_", "").isalnum() for v in value)
     if key == "env":
         return isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items())
@@ -51,6 +61,12 @@ class RepoConfig:
     env: dict[str, str] = field(default_factory=dict)
     setup: tuple[str, ...] = ()
     timeout: float | None = None
+    #: Interpreter of the run's environment; None: the worker's own.
+    python: str | None = None
+    #: Files (glob patterns) whose contents key the cached environment; empty: defaults.
+    deps: tuple[str, ...] = ()
+    #: Extras installed with the project; None: its test extras (test, tests, testing).
+    extras: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str) -> RepoConfig:
@@ -70,6 +86,9 @@ class RepoConfig:
             env=dict(data.get("env", {})),
             setup=tuple(data.get("setup", ())),
             timeout=float(data["timeout"]) if "timeout" in data else None,
+            python=data.get("python"),
+            deps=tuple(data.get("deps", ())),
+            extras=tuple(data["extras"]) if "extras" in data else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +106,12 @@ class RepoConfig:
             out["setup"] = list(self.setup)
         if self.timeout is not None:
             out["timeout"] = self.timeout
+        if self.python:
+            out["python"] = self.python
+        if self.deps:
+            out["deps"] = list(self.deps)
+        if self.extras is not None:
+            out["extras"] = list(self.extras)
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -101,6 +126,9 @@ class RepoConfig:
             env={**base.env, **self.env},
             setup=self.setup or base.setup,
             timeout=self.timeout if self.timeout is not None else base.timeout,
+            python=self.python or base.python,
+            deps=self.deps or base.deps,
+            extras=self.extras if self.extras is not None else base.extras,
         )
 
 

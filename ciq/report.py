@@ -75,8 +75,12 @@ class Report:
     command: str | None = None
     exit_code: int | None = None
     run_id: str | None = None
-    #: Seconds per phase of the run: "checkout" (fetch + worktree), "test".
+    #: Seconds per phase of the run: "checkout" (fetch + worktree), "setup" (the
+    #: environment: cached, or built now), "test".
     timings: dict[str, float] = field(default_factory=dict)
+    #: The run's environment: "key" (hash of the dependency files, setup steps and
+    #: Python), "cache_hit", "python" (version) and, when built now, "build_seconds".
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -18,11 +18,25 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from . import sandbox
+from .environments import (
+    BuildError,
+    Entry,
+    EnvCache,
+    Python,
+    Recipe,
+    Step,
+    build_steps,
+    installed_from,
+    link_overlay,
+    overlay_steps,
+    recipe_for,
+)  # fmt: skip
 from .errors import CiqError, ConfigError
 from .gitrepo import SAFE_GIT_ENV, Mirror, remove_tree
 from .junit import JUnitError, parse_junit
@@ -60,6 +74,9 @@ class RunPlan:
     run_as: str | None = None
     #: The operator's settings of this repository (the commit's own ones win).
     operator: RepoConfig | None = None
+    #: Cache of virtual environments on this host (see ciq.environments); None: DATA/envs.
+    env_root: Path | None = None
+    env_cache_size: int = 10
 
 
 class OutputTail:
@@ -107,9 +124,9 @@ def default_tests(checkout: Path) -> list[str]:
     return [d for d in ("tests", "test") if (checkout / d).is_dir()][:1]
 
 
-def default_command(junit_path: Path, checkout: Path) -> list[str]:
+def default_command(junit_path: Path, checkout: Path, python: str) -> list[str]:
     return [
-        sys.executable, "-m", "pytest", *default_tests(checkout),
+        python, "-m", "pytest", *default_tests(checkout),
         f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",
     ]  # fmt: skip
 
@@ -354,23 +371,6 @@ def run_commit(plan: RunPlan) -> Report:
         (out / "home").mkdir(parents=True)
         junit_path = out / "junit.xml"
         env = run_environment(dict(os.environ))
-        # `python` in a command is the worker's interpreter (a run's own virtual
-        # environment comes with cached environments).
-        env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-        if config and config.test:
-            cmd = ["/bin/sh", "-c", config.test]
-            shown = config.test
-            # Any pytest the command starts writes JUnit where ciq reads it; other tools
-            # may write JUnit XML to $JUNIT_XML.
-            env["JUNIT_XML"] = str(junit_path)
-            env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
-                                     + env.get("PYTEST_ADDOPTS", "")).strip()
-        else:
-            cmd = default_command(junit_path, worktree)
-            shown = shlex.join(["python", "-m", "pytest", *default_tests(worktree)])
-            if (worktree / "src").is_dir():  # a src/ layout imports from the checkout
-                env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
         if config:
             env.update(config.env)
         time_limit = plan.time_limit
@@ -384,42 +384,157 @@ def run_commit(plan: RunPlan) -> Report:
             user = (pw.pw_uid, pw.pw_gid)
             _hand_over(run_dir, user, plan.data_dir)
             env.update(HOME=str(out / "home"), USER=plan.run_as, LOGNAME=plan.run_as)
-        for n, step in enumerate(config.setup if config else (), 1):
-            left = time_limit - (time.monotonic() - t0)
-            setup = run_sandboxed(
-                ["/bin/sh", "-c", step], worktree, env, max(left, 1), plan.output_limit,
-                run_dir / "pgid", plan.min_free_bytes, user,
-            )  # fmt: skip
-            if setup.timed_out:
-                return finish("timeout", f"setup step {n} (`{step}`) hit the time limit",
-                              output=setup.output, command=step)
-            if setup.exit_code != 0:
-                return finish("error", f"setup step {n} (`{step}`) failed with exit status "
-                              f"{setup.exit_code}", output=setup.output, command=step)
-        if config and config.setup:
-            timings["setup"] = round(time.monotonic() - t0 - timings["checkout"], 3)
-        left = time_limit - (time.monotonic() - t0)
-        done = run_sandboxed(
-            cmd, worktree, env, max(left, 1), plan.output_limit, run_dir / "pgid",
-            plan.min_free_bytes, user,
-        )  # fmt: skip
-        timings["test"] = round(done.seconds, 3)
-        junit_error = None
-        tests: list = []
+        test = config.test if config else None
+        setup0 = time.monotonic()
+        builder = _Builder(plan, run_dir, worktree, env, user, deadline=t0 + time_limit)
         try:
-            tests = parse_junit(junit_path)
-        except JUnitError as exc:
-            junit_error = str(exc)
-        summary = Summary.of(tests)
-        status, message = _status(done, bool(tests), junit_error, summary,
-                                  pytest_codes=cmd[0] != "/bin/sh")
-        return finish(
-            status, message, summary=summary, tests=tuple(tests), output=done.output,
-            command=shown, exit_code=done.exit_code, timings=timings,
-        )  # fmt: skip
+            python = Python.find(config.python, builder.uv, config.source) if (
+                config and config.python) else Python.own()
+            recipe = recipe_for(worktree, config, python)
+        except ConfigError as exc:
+            return finish("error", f"bad ciq settings: {exc}")
+        cache = EnvCache(plan.env_root or plan.data_dir / "envs", plan.env_cache_size)
+        try:
+            entry = cache.acquire(recipe.key, t0 + time_limit)
+        except BuildError as exc:
+            return finish("timeout", str(exc))
+        try:
+            environment: dict[str, object] = {
+                "key": recipe.key, "cache_hit": entry.hit, "python": python.version}
+            try:
+                if not entry.ready:
+                    environment["build_seconds"] = builder.build(entry, recipe)
+                    cache.evict(keep=recipe.key)
+                overlay = builder.overlay(entry.path, recipe.installable)
+            except BuildError as exc:
+                return finish("timeout" if exc.timed_out else "error", _with_tail(exc),
+                              output=exc.output, environment=environment)
+            timings["setup"] = round(time.monotonic() - setup0, 3)
+            env["VIRTUAL_ENV"] = str(overlay)
+            env["PATH"] = os.pathsep.join(
+                [str(overlay / "bin"), str(entry.path / "bin"), env.get("PATH", "")])
+            return _run_tests(plan, finish, worktree, run_dir, env, user, test, junit_path,
+                              overlay, t0 + time_limit, timings, environment)
+        finally:
+            entry.release()
     except BaseException:
         clean_up(plan)
         raise
+
+
+def _with_tail(exc: BuildError, lines: int = 12, chars: int = 1500) -> str:
+    """The failing step and the end of its output, for a message read at a glance."""
+    tail = "\n".join(exc.output.rstrip().splitlines()[-lines:])[-chars:]
+    return f"{exc}\n{tail}" if tail else str(exc)
+
+
+class _Builder:
+    """Runs the commands of environment builds in the sandbox, as the tests would be."""
+
+    def __init__(self, plan: RunPlan, run_dir: Path, checkout: Path, env: dict[str, str],
+                 user: tuple[int, int] | None, deadline: float) -> None:
+        from uv import find_uv_bin  # the uv wheel's own binary
+
+        self.plan, self.run_dir, self.checkout, self.user = plan, run_dir, checkout, user
+        self.deadline = deadline
+        self.uv = find_uv_bin()
+        cache = plan.data_dir / "cache" / (f"uv-{user[0]}" if user else "uv")
+        cache.mkdir(parents=True, exist_ok=True)
+        if user:
+            os.chown(cache, *user)
+        self.env = {**env, "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never",
+                    "UV_NO_PROGRESS": "1"}
+
+    def run(self, steps: list[Step], venv: Path) -> None:
+        env = {**self.env, "VIRTUAL_ENV": str(venv),
+               "PATH": os.pathsep.join([str(venv / "bin"), self.env.get("PATH", "")])}
+        for step in steps:
+            left = self.deadline - time.monotonic()
+            done = run_sandboxed(
+                list(step.argv), self.checkout, env, max(left, 1), self.plan.output_limit,
+                self.run_dir / "pgid", self.plan.min_free_bytes, self.user,
+            )  # fmt: skip
+            if done.timed_out:
+                raise BuildError(f"{step.label} hit the time limit", done.output, True)
+            if done.disk_full:
+                raise BuildError(f"{step.label} was stopped: the disk was nearly full",
+                                 done.output)
+            if done.exit_code != 0:
+                raise BuildError(f"{step.label} failed with exit status {done.exit_code}",
+                                 done.output)
+
+    def build(self, entry: Entry, recipe: Recipe) -> float:
+        """Build a cache entry (held exclusively) and mark it ready; returns seconds."""
+        started = time.monotonic()
+        if self.user:  # untrusted setup code runs as the tests' user...
+            entry.path.mkdir()
+            os.chown(entry.path, *self.user)
+        self.run(build_steps(recipe, entry.path, self.checkout, self.uv), entry.path)
+        project = installed_from(entry.path, self.checkout)
+        if project:
+            self.run([Step("remove the project from the cached environment",
+                           (self.uv, "pip", "uninstall", "--quiet", "--python",
+                            str(entry.path / "bin" / "python"), *project))], entry.path)
+        if self.user:  # ...and the result is root's, so that no test can change it
+            for root, dirs, files in os.walk(entry.path):
+                os.lchown(root, 0, 0)
+                for name in files + dirs:
+                    os.lchown(os.path.join(root, name), 0, 0)
+        seconds = round(time.monotonic() - started, 3)
+        entry.mark_ready({"key": recipe.key, "python": recipe.python.version,
+                          "files": recipe.digests, "built_from": self.plan.sha,
+                          "seconds": seconds})
+        return seconds
+
+    def overlay(self, base: Path, installable: bool) -> Path:
+        """The run's own environment on top of the cached one, with the project in it."""
+        overlay = self.run_dir / "out" / "venv"
+        steps = overlay_steps(base, overlay, self.checkout, self.uv, installable)
+        self.run(steps[:1], overlay)
+        link_overlay(base, overlay)
+        self.run(steps[1:], overlay)
+        return overlay
+
+
+def _run_tests(
+    plan: RunPlan, finish: Callable[..., Report], worktree: Path, run_dir: Path,
+    env: dict[str, str], user: tuple[int, int] | None, test: str | None, junit_path: Path,
+    overlay: Path, deadline: float, timings: dict[str, float],
+    environment: dict[str, object],
+) -> Report:
+    """Run the test command in the run's environment and make the report of it."""
+    if test:
+        cmd = ["/bin/sh", "-c", test]
+        shown = test
+        # Any pytest the command starts writes JUnit where ciq reads it; other tools
+        # may write JUnit XML to $JUNIT_XML.
+        env["JUNIT_XML"] = str(junit_path)
+        env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
+                                 + env.get("PYTEST_ADDOPTS", "")).strip()
+    else:
+        cmd = default_command(junit_path, worktree, str(overlay / "bin" / "python"))
+        shown = shlex.join(["python", "-m", "pytest", *default_tests(worktree)])
+        if (worktree / "src").is_dir():  # a src/ layout imports from the checkout
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
+    done = run_sandboxed(
+        cmd, worktree, env, max(deadline - time.monotonic(), 1), plan.output_limit,
+        run_dir / "pgid", plan.min_free_bytes, user,
+    )  # fmt: skip
+    timings["test"] = round(done.seconds, 3)
+    junit_error = None
+    tests: list = []
+    try:
+        tests = parse_junit(junit_path)
+    except JUnitError as exc:
+        junit_error = str(exc)
+    summary = Summary.of(tests)
+    status, message = _status(done, bool(tests), junit_error, summary,
+                              pytest_codes=cmd[0] != "/bin/sh")
+    return finish(
+        status, message, summary=summary, tests=tuple(tests), output=done.output,
+        command=shown, exit_code=done.exit_code, timings=timings, environment=environment,
+    )  # fmt: skip
 
 
 def clean_up(plan: RunPlan) -> None:

@@ -51,6 +51,10 @@ class Settings:
     run_as: str | None = None
     #: Name written in reports as `worker`; None: the Celery node name (name@host).
     worker_name: str | None = None
+    #: Cached virtual environments of this host, shared by its workers; None: DATA/envs.
+    env_dir: Path | None = None
+    #: Cached environments kept per host; the least recently used go first.
+    env_cache_size: int = 10
 
     #: Environment variable for each field, in one place.
     ENV = {
@@ -66,6 +70,8 @@ class Settings:
         "min_free_mb": "CIQ_MIN_FREE_MB",
         "run_as": "CIQ_RUN_AS",
         "worker_name": "CIQ_WORKER_NAME",
+        "env_dir": "CIQ_ENV_DIR",
+        "env_cache_size": "CIQ_ENV_CACHE_SIZE",
     }
 
     def __post_init__(self) -> None:
@@ -74,6 +80,8 @@ class Settings:
                 raise ConfigError(f"{self.ENV[name]} must be a positive number of seconds")
         if self.max_attempts < 1:
             raise ConfigError(f"{self.ENV['max_attempts']} must be at least 1")
+        if self.env_cache_size < 1:
+            raise ConfigError(f"{self.ENV['env_cache_size']} must be at least 1")
         if self.min_free_mb < 0:
             raise ConfigError(f"{self.ENV['min_free_mb']} must be a number of MiB, 0 or more")
         if self.run_as:
@@ -111,7 +119,7 @@ class Settings:
                     values[name] = float(raw)
                 elif kind == "int":
                     values[name] = int(raw)
-                elif kind == "Path":
+                elif kind in ("Path", "Path | None"):
                     values[name] = Path(raw).expanduser()
                 else:
                     values[name] = raw
@@ -122,6 +130,10 @@ class Settings:
         if "data_dir" not in values:
             values["data_dir"] = _default_data_dir(environ)
         return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def env_root(self) -> Path:
+        return self.env_dir or self.data_dir / "envs"
 
     # Celery's limits sit above ciq's own so that ciq, which kills the whole process
     # group and writes a `timeout` report, always acts first; Celery's are a backstop.

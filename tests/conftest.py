@@ -106,10 +106,17 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture(scope="session")
+def env_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of run environments for the session, as the workers of one host share
+    theirs: only the first test of a kind of repository pays for building one."""
+    return tmp_path_factory.mktemp("envs")
+
+
 @pytest.fixture
-def settings(redis_url: str, data_dir: Path) -> Settings:
+def settings(redis_url: str, data_dir: Path, env_dir: Path) -> Settings:
     return Settings(broker_url=redis_url, result_backend=redis_url, data_dir=data_dir,
-                    lease_ttl=2.0, reconcile_interval=0.5)
+                    lease_ttl=2.0, reconcile_interval=0.5, env_dir=env_dir)
 
 
 @pytest.fixture
@@ -128,6 +135,7 @@ def ciq_env(settings: Settings, **extra: str) -> dict[str, str]:
         CIQ_DATA_DIR=str(settings.data_dir),
         CIQ_LEASE_TTL=str(settings.lease_ttl),
         CIQ_RECONCILE_INTERVAL=str(settings.reconcile_interval),
+        CIQ_ENV_DIR=str(settings.env_root),
     )
     env.update(extra)
     return env

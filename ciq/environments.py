@@ -1,0 +1,386 @@
+"""Per-commit virtual environments: what goes in them, and the per-host cache of them.
+
+A run's dependencies live in a virtual environment built once per *key*, a hash of what
+decides its contents: the dependency files of the commit, the setup steps, the extra
+environment and the exact Python. Commits that leave their dependencies alone share it
+and pay nothing for them. The project itself is not in the cached environment (an
+editable install would point at a worktree deleted after its run; a plain one would
+freeze old code): each run makes a thin virtual environment of its own on top of the
+cached one and installs the project there, editable and without dependencies.
+
+The cache, under one folder per worker host (shared by its workers)::
+
+    <key>/              the environment, built in place: a venv cannot be moved, its
+                        scripts name their interpreter by absolute path
+    <key>/.ciq-ready    written last; an environment without it is half-built, never used
+    <key>.lock          flock: exclusive to build or delete, shared while a run uses it
+
+Least recently used entries beyond the cache size go first; an entry in use is never
+deleted. No Redis, no Celery: the runner drives the builds through its sandbox.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from .errors import CiqError, ConfigError
+from .gitrepo import remove_tree
+from .repoconfig import RepoConfig
+
+#: Bumped when the way environments are built changes, so that old entries are not used.
+FORMAT = 1
+#: Extras installed with the project when the repository does not name its own.
+TEST_EXTRAS = ("test", "tests", "testing")
+#: Requirement files holding test dependencies, installed when present.
+TEST_REQUIREMENTS = (
+    "requirements-test.txt", "requirements-tests.txt", "requirements_test.txt",
+    "requirements-testing.txt", "test-requirements.txt", "test_requirements.txt",
+    "requirements/test.txt", "requirements/tests.txt", "requirements/testing.txt",
+    "tests/requirements.txt",
+)  # fmt: skip
+#: Files whose contents key the cache unless the repository names its own (`deps`).
+DEPENDENCY_FILES = ("pyproject.toml", "setup.py", "setup.cfg", "requirements.txt",
+                    *TEST_REQUIREMENTS)
+#: The parts of pyproject.toml that decide an environment (a version bump does not).
+PYPROJECT_KEYS = {
+    "build-system": None,
+    "dependency-groups": None,
+    "project": ("name", "dependencies", "optional-dependencies", "requires-python",
+                "dynamic"),
+}
+#: Build backend of a project that names none (what pip assumes, PEP 517).
+LEGACY_BUILD_REQUIRES = ("setuptools>=40.8.0", "wheel")
+READY = ".ciq-ready"
+
+
+class BuildError(CiqError):
+    """A step of an environment build failed; the message names the step."""
+
+    def __init__(self, message: str, output: str = "", timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.output = output
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True)
+class Python:
+    """The interpreter of a run's environment."""
+
+    executable: str
+    #: "3.11.7"
+    version: str
+    #: Implementation, full version and real path: part of the key.
+    identity: str
+
+    @classmethod
+    def own(cls) -> Python:
+        """The worker's interpreter (the default)."""
+        return cls(sys.executable, ".".join(map(str, sys.version_info[:3])),
+                   f"{sys.implementation.name} {sys.version} {os.path.realpath(sys.executable)}")
+
+    @classmethod
+    def find(cls, request: str, uv: str, source: str) -> Python:
+        """The interpreter a repository asks for (`python = "3.12"`, "pypy3" or a path);
+        the error names the key and the file, since the fix is in them or on the host."""
+        path = request
+        if "/" not in request:
+            found = subprocess.run(
+                [uv, "python", "find", request], capture_output=True, text=True,
+                env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
+            )  # fmt: skip
+            if found.returncode != 0:
+                raise ConfigError(f"{source}: 'python' = {request!r}: no such Python on "
+                                  f"worker host {os.uname().nodename}")
+            path = found.stdout.strip()
+        try:
+            probe = subprocess.run(
+                [path, "-I", "-c", "import os, sys; print('.'.join(map(str, "
+                 "sys.version_info[:3]))); print(sys.implementation.name, sys.version, "
+                 "os.path.realpath(sys.executable))"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            probe = None
+        if probe is None or probe.returncode != 0:
+            raise ConfigError(f"{source}: 'python' = {request!r}: {path} does not run")
+        version, identity = probe.stdout.splitlines()[:2]
+        return cls(path, version, identity)
+
+
+def _pyproject_digest(data: bytes) -> bytes:
+    try:
+        doc = tomllib.loads(data.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return data
+    kept: dict[str, Any] = {}
+    for table, keys in PYPROJECT_KEYS.items():
+        value = doc.get(table)
+        if isinstance(value, dict) and keys:
+            value = {k: value[k] for k in keys if k in value}
+        if value is not None:
+            kept[table] = value
+    return json.dumps(kept, sort_keys=True, default=str).encode()
+
+
+def dependency_digests(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of each dependency file of a checkout, by path. Of pyproject.toml only the
+    tables that decide dependencies count, unless the repository names files itself."""
+    digests: dict[str, str] = {}
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            if not path.is_file() or path.is_symlink():
+                continue
+            rel = path.relative_to(root).as_posix()
+            data = path.read_bytes()
+            if rel == "pyproject.toml" and patterns is DEPENDENCY_FILES:
+                data = _pyproject_digest(data)
+            digests[rel] = hashlib.sha256(data).hexdigest()
+    return digests
+
+
+def _pyproject(root: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((root / "pyproject.toml").read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return {}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a commit's environment is made, and the key that names it."""
+
+    python: Python
+    #: The repository's setup steps; empty: install its dependencies the default way.
+    setup: tuple[str, ...]
+    env: dict[str, str]
+    #: The project can be pip-installed (pyproject.toml with a build system or a
+    #: [project] table, or setup.py).
+    installable: bool
+    extras: tuple[str, ...]
+    requirements: tuple[str, ...]
+    build_requires: tuple[str, ...]
+    digests: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        what = {
+            "format": FORMAT, "python": self.python.identity, "setup": self.setup,
+            "env": self.env, "installable": self.installable, "extras": self.extras,
+            "requirements": self.requirements, "build_requires": self.build_requires,
+            "files": self.digests,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_for(root: Path, config: RepoConfig | None, python: Python) -> Recipe:
+    """The recipe of a checkout's environment, from its files and its settings."""
+    pyproject = _pyproject(root)
+    installable = (root / "setup.py").is_file() or bool(
+        {"build-system", "project"} & set(pyproject))
+    build = pyproject.get("build-system", {})
+    build_requires = tuple(build.get("requires", ())) if isinstance(build, dict) else ()
+    if installable and not build_requires:
+        build_requires = LEGACY_BUILD_REQUIRES
+    if config is not None and config.extras is not None:
+        extras = config.extras
+    else:
+        declared = pyproject.get("project", {}).get("optional-dependencies", {})
+        # With setup.py the extras are not known without running it: ask for the usual
+        # test extras anyway (an extra a project lacks is only a warning).
+        extras = tuple(e for e in TEST_EXTRAS
+                       if e in declared or not isinstance(declared, dict) or not declared)
+    requirements = tuple(
+        name for name in ("requirements.txt", *TEST_REQUIREMENTS) if (root / name).is_file())
+    patterns = config.deps if config is not None and config.deps else DEPENDENCY_FILES
+    return Recipe(
+        python=python, setup=config.setup if config else (),
+        env=dict(config.env) if config else {}, installable=installable, extras=extras,
+        requirements=requirements, build_requires=build_requires,
+        digests=dependency_digests(root, patterns),
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a build, run in the checkout under the runner's sandbox."""
+
+    label: str
+    argv: tuple[str, ...]
+
+
+def build_steps(recipe: Recipe, env_dir: Path, checkout: Path, uv: str) -> list[Step]:
+    """The commands that build ``recipe`` into ``env_dir`` from ``checkout``."""
+    py = str(env_dir / "bin" / "python")
+    install = (uv, "pip", "install", "--python", py)
+    steps = [Step("create the virtual environment",
+                  (uv, "venv", "--quiet", "--seed", "--python", recipe.python.executable,
+                   str(env_dir)))]
+    if recipe.setup:
+        steps += [Step(f"setup step {n} (`{s}`)", ("/bin/sh", "-c", s))
+                  for n, s in enumerate(recipe.setup, 1)]
+    else:
+        what: list[str] = []
+        if recipe.installable:
+            extras = f"[{','.join(recipe.extras)}]" if recipe.extras else ""
+            what += ["-e", f"{checkout}{extras}"]
+        for name in recipe.requirements:
+            what += ["-r", name]
+        if what:
+            steps.append(Step("install the dependencies", (*install, *what)))
+    if recipe.installable:
+        # Each run installs the project editable without build isolation: its build
+        # backend must be here, so that runs never need the package index.
+        steps.append(Step("install the build backend", (*install, *recipe.build_requires)))
+    # pytest, when the project's dependencies do not bring it: the default test command
+    # needs it, and a `test` line naming it should not need a setup step for it.
+    steps.append(Step("install pytest", (
+        "/bin/sh", "-c",
+        f"{shlex.quote(py)} -c 'import pytest' 2>/dev/null || {shlex.join(install)} pytest")))
+    return steps
+
+
+def site_packages(env_dir: Path) -> Path:
+    found = sorted(env_dir.glob("lib/python*/site-packages"))
+    if not found:
+        raise CiqError(f"{env_dir} has no site-packages")
+    return found[0]
+
+
+def installed_from(env_dir: Path, checkout: Path) -> list[str]:
+    """Names of the distributions in ``env_dir`` installed from ``checkout`` (by their
+    PEP 610 direct_url.json): the project itself, which the cache must not keep."""
+    names = []
+    for meta in site_packages(env_dir).glob("*.dist-info"):
+        try:
+            url = json.loads((meta / "direct_url.json").read_text()).get("url", "")
+        except (OSError, ValueError):
+            continue
+        parsed = urlparse(url)
+        if parsed.scheme == "file" and Path(unquote(parsed.path)) == checkout:
+            names.append(meta.name.split("-")[0])
+    return names
+
+
+def overlay_steps(base: Path, overlay: Path, checkout: Path, uv: str,
+                  installable: bool) -> list[Step]:
+    """The commands that make a run's own environment on top of a cached one."""
+    steps = [Step("create the run's virtual environment",
+                  (uv, "venv", "--quiet", "--python", str(base / "bin" / "python"),
+                   str(overlay)))]
+    if installable:
+        steps.append(Step("install the project", (
+            uv, "pip", "install", "--quiet", "--python", str(overlay / "bin" / "python"),
+            "--no-deps", "--no-build-isolation", "--offline", "-e", str(checkout))))
+    return steps
+
+
+def link_overlay(base: Path, overlay: Path) -> None:
+    """Make the cached environment's packages visible in the run's one. The .pth is
+    named to sort last, so that the project installed in the overlay comes first."""
+    line = f"import site; site.addsitedir({str(site_packages(base))!r})\n"
+    (site_packages(overlay) / "~ciq-base.pth").write_text(line)
+
+
+@dataclass
+class Entry:
+    """A cache entry held by one run: shared lock once ready, exclusive while built."""
+
+    path: Path
+    lock_fd: int
+    ready: bool
+    hit: bool
+
+    def mark_ready(self, info: dict[str, Any]) -> None:
+        (self.path / READY).write_text(json.dumps(info))
+        fcntl.flock(self.lock_fd, fcntl.LOCK_SH)  # let the other runs of this key in
+        self.ready = True
+
+    def release(self) -> None:
+        try:
+            if not self.ready:  # a failed or interrupted build: never leave it half-built
+                remove_tree(self.path)
+        finally:
+            os.close(self.lock_fd)
+
+
+def _try_lock(fd: int, kind: int) -> bool:
+    try:
+        fcntl.flock(fd, kind | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class EnvCache:
+    """The environments of one worker host, bounded to ``size`` entries (LRU)."""
+
+    def __init__(self, root: Path, size: int) -> None:
+        self.root = root
+        self.size = size
+
+    def acquire(self, key: str, deadline: float) -> Entry:
+        """Hold the entry of ``key``: ready (a cache hit), or locked for this run to
+        build it. Waits for another run building the same key, up to ``deadline``
+        (time.monotonic); never for the runs merely using it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / key
+        fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                # No upgrade of a shared lock to an exclusive one: two runs doing that
+                # at once would wait for each other.
+                if _try_lock(fd, fcntl.LOCK_SH):
+                    if (path / READY).is_file():
+                        os.utime(path / READY)  # most recently used
+                        return Entry(path, fd, ready=True, hit=True)
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                if _try_lock(fd, fcntl.LOCK_EX):
+                    if not (path / READY).is_file():
+                        remove_tree(path)  # what a builder that died half-way left
+                        return Entry(path, fd, ready=False, hit=False)
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # built meanwhile: take it shared
+                    continue
+                if time.monotonic() > deadline:
+                    raise BuildError("waited until the time limit for another run "
+                                     "building the same environment", timed_out=True)
+                time.sleep(0.1)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def evict(self, keep: str) -> list[str]:
+        """Delete the least recently used entries beyond the size, skipping those in use."""
+        entries = []
+        for ready in self.root.glob(f"*/{READY}"):
+            try:
+                entries.append((ready.stat().st_mtime, ready.parent.name))
+            except OSError:
+                continue
+        entries.sort(reverse=True)
+        evicted = []
+        for _, key in entries[self.size:]:
+            if key == keep:
+                continue
+            fd = os.open(self.root / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            if not _try_lock(fd, fcntl.LOCK_EX):
+                os.close(fd)
+                continue  # in use: it goes on a later build
+            try:
+                (self.root / key / READY).unlink(missing_ok=True)  # never half-deleted
+                remove_tree(self.root / key)
+                evicted.append(key)
+            finally:
+                os.close(fd)
+        return evicted
