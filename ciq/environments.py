@@ -21,6 +21,7 @@ deleted. No Redis, no Celery: the runner drives the builds through its sandbox.
 
 from __future__ import annotations
 
+import configparser
 import fcntl
 import hashlib
 import json
@@ -59,6 +60,12 @@ PYPROJECT_KEYS = {
     "dependency-groups": None,
     "project": ("name", "dependencies", "optional-dependencies", "requires-python",
                 "dynamic"),
+}
+#: The parts of setup.cfg that decide an environment (not [metadata] version, not the
+#: configuration of other tools such as bumpversion or flake8).
+SETUP_CFG_KEYS = {
+    "options": ("install_requires", "setup_requires", "python_requires", "tests_require"),
+    "options.extras_require": None,
 }
 #: Build backend of a project that names none (what pip assumes, PEP 517).
 LEGACY_BUILD_REQUIRES = ("setuptools>=40.8.0", "wheel")
@@ -134,9 +141,25 @@ def _pyproject_digest(data: bytes) -> bytes:
     return json.dumps(kept, sort_keys=True, default=str).encode()
 
 
+def _setup_cfg_digest(data: bytes) -> bytes:
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(data.decode())
+    except (UnicodeDecodeError, configparser.Error):
+        return data
+    kept = {section: {k: v for k, v in parser[section].items() if keys is None or k in keys}
+            for section, keys in SETUP_CFG_KEYS.items() if parser.has_section(section)}
+    return json.dumps(kept, sort_keys=True).encode()
+
+
+#: Files of which only some parts count, and how to find them.
+_PARTIAL = {"pyproject.toml": _pyproject_digest, "setup.cfg": _setup_cfg_digest}
+
+
 def dependency_digests(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
-    """sha256 of each dependency file of a checkout, by path. Of pyproject.toml only the
-    tables that decide dependencies count, unless the repository names files itself."""
+    """sha256 of each dependency file of a checkout, by path. Of pyproject.toml and
+    setup.cfg only the parts that decide dependencies count (a release that bumps a
+    version reuses the environment), unless the repository names its files itself."""
     digests: dict[str, str] = {}
     for pattern in patterns:
         for path in sorted(root.glob(pattern)):
@@ -144,8 +167,8 @@ def dependency_digests(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
                 continue
             rel = path.relative_to(root).as_posix()
             data = path.read_bytes()
-            if rel == "pyproject.toml" and patterns is DEPENDENCY_FILES:
-                data = _pyproject_digest(data)
+            if rel in _PARTIAL and patterns is DEPENDENCY_FILES:
+                data = _PARTIAL[rel](data)
             digests[rel] = hashlib.sha256(data).hexdigest()
     return digests
 
@@ -155,6 +178,12 @@ def _pyproject(root: Path) -> dict[str, Any]:
         return tomllib.loads((root / "pyproject.toml").read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return {}
+
+
+def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    """``doc[name]`` when it is a table, else empty: a project's TOML may hold anything."""
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -189,18 +218,19 @@ def recipe_for(root: Path, config: RepoConfig | None, python: Python) -> Recipe:
     pyproject = _pyproject(root)
     installable = (root / "setup.py").is_file() or bool(
         {"build-system", "project"} & set(pyproject))
-    build = pyproject.get("build-system", {})
-    build_requires = tuple(build.get("requires", ())) if isinstance(build, dict) else ()
+    build = _table(pyproject, "build-system")
+    requires = build.get("requires")
+    build_requires = tuple(r for r in requires if isinstance(r, str)) if isinstance(
+        requires, list) else ()
     if installable and not build_requires:
         build_requires = LEGACY_BUILD_REQUIRES
     if config is not None and config.extras is not None:
         extras = config.extras
     else:
-        declared = pyproject.get("project", {}).get("optional-dependencies", {})
-        # With setup.py the extras are not known without running it: ask for the usual
-        # test extras anyway (an extra a project lacks is only a warning).
-        extras = tuple(e for e in TEST_EXTRAS
-                       if e in declared or not isinstance(declared, dict) or not declared)
+        declared = _table(_table(pyproject, "project"), "optional-dependencies")
+        # Unless the extras are declared statically, they are not known without building
+        # the project: ask for the usual test extras (one a project lacks is a warning).
+        extras = tuple(e for e in TEST_EXTRAS if e in declared or not declared)
     requirements = tuple(
         name for name in ("requirements.txt", *TEST_REQUIREMENTS) if (root / name).is_file())
     patterns = config.deps if config is not None and config.deps else DEPENDENCY_FILES

@@ -27,6 +27,7 @@ _KINDS: dict[str, str] = {
     "python": "a Python version like \"3.12\", a name like \"pypy3\", or a path",
     "deps": "a list of file names or glob patterns inside the repository",
     "extras": "a list of extra names (may be empty)",
+    "install": "true or false",
 }
 
 
@@ -45,6 +46,8 @@ def _valid(key: str, value: Any) -> bool:
     if key == "env":
         return isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if key == "install":
+        return isinstance(value, bool)
     if key == "timeout":
         return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     return False
@@ -67,6 +70,9 @@ class RepoConfig:
     deps: tuple[str, ...] = ()
     #: Extras installed with the project; None: its test extras (test, tests, testing).
     extras: tuple[str, ...] | None = None
+    #: Install the commit's project into its run's environment; None: when it is a
+    #: package (false: the tests import it from the checkout, `src/` on the path).
+    install: bool | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str) -> RepoConfig:
@@ -89,6 +95,7 @@ class RepoConfig:
             python=data.get("python"),
             deps=tuple(data.get("deps", ())),
             extras=tuple(data["extras"]) if "extras" in data else None,
+            install=data.get("install"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +119,8 @@ class RepoConfig:
             out["deps"] = list(self.deps)
         if self.extras is not None:
             out["extras"] = list(self.extras)
+        if self.install is not None:
+            out["install"] = self.install
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -129,6 +138,7 @@ class RepoConfig:
             python=self.python or base.python,
             deps=self.deps or base.deps,
             extras=self.extras if self.extras is not None else base.extras,
+            install=self.install if self.install is not None else base.install,
         )
 
 

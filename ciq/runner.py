@@ -405,7 +405,8 @@ def run_commit(plan: RunPlan) -> Report:
                 if not entry.ready:
                     environment["build_seconds"] = builder.build(entry, recipe)
                     cache.evict(keep=recipe.key)
-                overlay = builder.overlay(entry.path, recipe.installable)
+                install = recipe.installable and not (config and config.install is False)
+                overlay = builder.overlay(entry.path, install)
             except BuildError as exc:
                 return finish("timeout" if exc.timed_out else "error", _with_tail(exc),
                               output=exc.output, environment=environment)

@@ -68,6 +68,14 @@ def test_the_key_follows_dependencies_not_versions_or_code(tmp_path: Path):
     b = write(tmp_path / "b", {"pyproject.toml": pyproject("1.1"),
                                "src/demo/__init__.py": "X = 1\n"})
     assert key_of(a) == key_of(b)
+    # So does a setup.cfg whose only change is a version, or another tool's settings
+    cfg = "[metadata]\nversion = {}\n[bumpversion]\ncurrent_version = {}\n" \
+          "[options]\ninstall_requires =\n    iniconfig\n"
+    write(a, {"setup.cfg": cfg.format("1.0", "1.0")})
+    write(b, {"setup.cfg": cfg.format("1.1", "1.1")})
+    assert key_of(a) == key_of(b)
+    write(b, {"setup.cfg": cfg.format("1.1", "1.1") + "    six\n"})
+    assert key_of(a) != key_of(b)
     # A new dependency, a requirements file, setup steps, env or Python: another one
     c = write(tmp_path / "c", {"pyproject.toml": pyproject("1.0", '"iniconfig", "six"')})
     d = write(tmp_path / "d", {"pyproject.toml": pyproject("1.0"),
@@ -265,6 +273,12 @@ def test_a_library_gets_its_dependencies_once_and_its_own_code_every_time(
     assert third["status"] == "passed", third["output"][-3000:]
     assert third["environment"]["key"] != key and not third["environment"]["cache_hit"]
     assert third["summary"]["passed"] == 4
+
+    # Told not to install the project, a run imports it from the checkout: no metadata
+    sha = repo.commit({"ciq.toml": "install = false\n"})
+    fourth = run(sha)
+    assert fourth["environment"]["cache_hit"] and fourth["summary"]["passed"] == 3
+    assert "PackageNotFoundError" in fourth["output"]
 
     # The report says how the run was made, on the command line too
     shown = run_ciq(settings, "report", str(repo.path), sha[:10]).stdout
