@@ -42,7 +42,8 @@ from .repoconfig import RepoConfig
 
 #: Bumped when the way environments are built changes, so that old entries are not used.
 FORMAT = 2
-#: Extras installed with the project when the repository does not name its own.
+#: Extras installed with the project when the repository does not name its own, and the
+#: dependency groups (PEP 735) installed when pyproject.toml has them.
 TEST_EXTRAS = ("test", "tests", "testing")
 #: Requirement files holding test dependencies, installed when present.
 TEST_REQUIREMENTS = (
@@ -198,6 +199,8 @@ class Recipe:
     #: [project] table, or setup.py).
     installable: bool
     extras: tuple[str, ...]
+    #: PEP 735 dependency groups of pyproject.toml named like test extras.
+    groups: tuple[str, ...]
     requirements: tuple[str, ...]
     build_requires: tuple[str, ...]
     digests: dict[str, str] = field(default_factory=dict)
@@ -208,6 +211,7 @@ class Recipe:
             "format": FORMAT, "python": self.python.identity, "setup": self.setup,
             "env": self.env, "installable": self.installable, "extras": self.extras,
             "requirements": self.requirements, "build_requires": self.build_requires,
+            "groups": self.groups,
             "files": self.digests,
         }  # fmt: skip
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
@@ -231,13 +235,14 @@ def recipe_for(root: Path, config: RepoConfig | None, python: Python) -> Recipe:
         # Unless the extras are declared statically, they are not known without building
         # the project: ask for the usual test extras (one a project lacks is a warning).
         extras = tuple(e for e in TEST_EXTRAS if e in declared or not declared)
+    groups = tuple(g for g in TEST_EXTRAS if g in _table(pyproject, "dependency-groups"))
     requirements = tuple(
         name for name in ("requirements.txt", *TEST_REQUIREMENTS) if (root / name).is_file())
     patterns = config.deps if config is not None and config.deps else DEPENDENCY_FILES
     return Recipe(
         python=python, setup=config.setup if config else (),
         env=dict(config.env) if config else {}, installable=installable, extras=extras,
-        requirements=requirements, build_requires=build_requires,
+        groups=groups, requirements=requirements, build_requires=build_requires,
         digests=dependency_digests(root, patterns),
     )  # fmt: skip
 
@@ -267,6 +272,8 @@ def build_steps(recipe: Recipe, env_dir: Path, checkout: Path, uv: str) -> list[
             what += ["-e", f"{checkout}{extras}"]
         for name in recipe.requirements:
             what += ["-r", name]
+        for group in recipe.groups:
+            what += ["--group", group]
         if what:
             steps.append(Step("install the dependencies", (*install, *what)))
     if recipe.installable:

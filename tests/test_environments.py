@@ -99,7 +99,10 @@ def test_the_recipe_reads_extras_requirements_and_build_backend(tmp_path: Path):
     recipe = recipe_for(root, None, Python.own())
     assert recipe.installable and recipe.extras == ("test",)
     assert recipe.requirements == ("requirements-test.txt",)
-    assert recipe.build_requires == ("flit_core>=3.4,<4",)
+    assert recipe.build_requires == ("flit_core>=3.4,<4",) and recipe.groups == ()
+    write(root, {"pyproject.toml": pyproject() + '[dependency-groups]\ntest = ["six"]\n'
+                                                 'docs = ["sphinx"]\n'})
+    assert recipe_for(root, None, Python.own()).groups == ("test",)
     legacy = write(tmp_path / "legacy", {"setup.py": "from setuptools import setup\nsetup()"})
     recipe = recipe_for(legacy, RepoConfig(extras=()), Python.own())
     assert recipe.extras == () and recipe.build_requires[0].startswith("setuptools")
