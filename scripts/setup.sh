@@ -41,9 +41,17 @@ ciq_venv() {
     local stamp="$venv/.ciq-installed" want
     want="$(sha256sum "$ciq_root/pyproject.toml" | cut -c1-16)-$extras"
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-        "$venv/bin/python" -m pip install -q --disable-pip-version-check \
-            -e "$ciq_root${extras:+[$extras]}"
+        echo "ciq: installing ciq${extras:+[$extras]} into .venv" >&2
+        # The build backend's warnings are noise to a newcomer: keep them in a log,
+        # shown only when the install fails.
+        local log="$venv/install.log"
+        if ! { "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip &&
+               "$venv/bin/python" -m pip install -q --disable-pip-version-check \
+                   -e "$ciq_root${extras:+[$extras]}"; } >"$log" 2>&1; then
+            cat "$log" >&2
+            echo "ciq: installing into .venv failed (log above, also in $log)" >&2
+            return 1
+        fi
         echo "$want" > "$stamp"
     fi
 }
