@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shlex
 import signal
 import sys
 import threading
@@ -24,6 +26,7 @@ from .errors import BadInput, CiqError, NotFound, StoreUnavailable
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .hooks import Installed, Target
     from .store import Store
 
 STATUS_COLOURS = {"passed": "green", "failed": "red", "error": "magenta", "timeout": "yellow",
@@ -173,17 +176,101 @@ def _dispatcher(settings: Settings, store: Store) -> Any:
 @click.argument("repo")
 @click.argument("rev", required=False)
 @CONFIG_OPTION
-def enqueue(repo: str, rev: str | None, config_file: Path | None) -> None:
+@click.option("--branch", metavar="B",
+              help="The branch to record (default: the branch REV names, if any).")
+def enqueue(repo: str, rev: str | None, config_file: Path | None, branch: str | None) -> None:
     """Test one commit of REPO now (default: HEAD) and print its SHA.
 
-    Meant for git hooks: `ciq enqueue "$PWD"` in post-commit, or with the pushed SHA in
-    post-receive.
+    Meant for git hooks (`ciq hook install` writes them): `ciq enqueue "$PWD"` in
+    post-commit, or `ciq enqueue --branch B REPO SHA` with a pushed SHA in post-receive.
     """
     from .push import run
 
     if config_file is not None:
         _operator_configs(_store(_settings()), config_file, _repo_arg(repo))
-    sys.exit(run(repo, rev))
+    sys.exit(run(repo, rev, branch))
+
+
+@cli.group()
+def hook() -> None:
+    """Git hooks that enqueue each commit the moment it lands, not at the next poll."""
+
+
+@hook.command("install")
+@click.argument("repo")
+@click.option("--kind", type=click.Choice(["post-commit", "post-receive"]),
+              help="post-commit (a working repository: each commit made there) or "
+                   "post-receive (a server repository: each pushed commit). "
+                   "Default: post-receive for a bare repository, post-commit otherwise.")
+@click.option("--force", is_flag=True,
+              help="Another program's hook there is kept as KIND.pre-ciq and run first.")
+def hook_install(repo: str, kind: str | None, force: bool) -> None:
+    """Install ciq's hook in REPO, a local repository (its top folder).
+
+    The hook runs `ciq enqueue` with this ciq, in the background: commits and pushes
+    never wait for it nor fail because of it; it logs to ciq-hook.log in the git folder.
+    It uses the CIQ_BROKER_URL / CIQ_RESULT_BACKEND / CIQ_QUEUE set here, if any.
+    """
+    from . import hooks
+
+    settings = _settings()
+    target = hooks.locate(repo)
+    kind = kind or target.default_kind
+    if kind == "post-commit" and target.bare:
+        raise click.UsageError(f"{target.repo} is bare: nobody commits there; "
+                               "use --kind post-receive")
+    env = hooks.pinned(settings, os.environ)
+    done = hooks.install(target, kind, hooks.ciq_command(), env, force)
+    _say_installed(target, done, env)
+
+
+def _say_installed(target: Target, done: Installed, env: dict[str, str]) -> None:
+    from .hooks import redacted
+
+    verb = {"installed": "installed", "updated": "updated",
+            "unchanged": "already installed:"}[done.action]
+    kind = done.path.name
+    click.echo(f"ciq: {kind} hook {verb} {done.path}")
+    url = env.get("CIQ_BROKER_URL")
+    where = redacted(url) if url else "CIQ_BROKER_URL of the committer, or the default"
+    click.echo(f"     enqueues each new commit of {target.repo} at once (Redis: {where}); "
+               f"log: {target.log}")
+    if done.saved is not None:
+        click.echo(f"     runs {done.saved} (the hook that was there) first")
+    click.echo(f"     remove it with: ciq hook uninstall {shlex.quote(target.repo)}")
+
+
+@hook.command("uninstall")
+@click.argument("repo")
+def hook_uninstall(repo: str) -> None:
+    """Remove ciq's hooks from REPO (another program's hook is never touched)."""
+    from . import hooks
+
+    target = hooks.locate(repo)
+    removed = hooks.uninstall(target)
+    for r in removed:
+        back = f"; put back the hook it ran ({r.path.name}{hooks.SAVED_SUFFIX})" \
+            if r.restored else ""
+        click.echo(f"ciq: removed {r.path}{back}")
+    if not removed:
+        click.echo(f"ciq: no ciq hook in {target.hooks_dir}; nothing to do")
+
+
+@hook.command("show")
+@click.argument("repo")
+def hook_show(repo: str) -> None:
+    """Which hooks of REPO are ciq's, and the last line of their log."""
+    from . import hooks
+
+    target = hooks.locate(repo)
+    owners = {"ciq": "ciq's", "other": "another program's (not ciq's)", "none": "none"}
+    for kind in hooks.KINDS:
+        state = hooks.state(target, kind)
+        where = f" {target.hook(kind)}" if state != "none" else ""
+        click.echo(f"{kind:<13} {owners[state]}{where}")
+    last = hooks.last_log_line(target)
+    click.echo(f"log           {target.log}" + (f"\n              last: {_printable(last)}"
+                                                if last else " (empty)"))
 
 
 def _age(iso: str | None) -> str:
@@ -345,7 +432,10 @@ def prune(days: float, repos: tuple[str, ...], dry_run: bool) -> None:
               help="Seconds between polls.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Test runs at once.")
-def up(repo: str | None, once: bool, interval: float, concurrency: int) -> None:
+@click.option("--hook", is_flag=True,
+              help="Also install ciq's git hook in REPO, pointing at this Redis: each commit "
+                   "is enqueued the moment it is made (it stays; `ciq hook uninstall`).")
+def up(repo: str | None, once: bool, interval: float, concurrency: int, hook: bool) -> None:
     """Run Redis, a worker and an observer on REPO here (a sample project without REPO).
 
     Uses a private redis-server under CIQ_DATA_DIR unless CIQ_BROKER_URL is set.
@@ -360,7 +450,7 @@ def up(repo: str | None, once: bool, interval: float, concurrency: int) -> None:
         _print_report(found, colour)
         click.echo("")
 
-    sys.exit(run_up(settings, repo, once, interval, concurrency, click.echo, show))
+    sys.exit(run_up(settings, repo, once, interval, concurrency, click.echo, show, hook))
 
 
 def main() -> None:

@@ -20,14 +20,11 @@ from .gitrepo import CommitInfo
 from .keys import RUN_TASK
 from .message import args_repr, run_message
 from .settings import Settings
-from .store import Store, task_id
+from .store import Store, connect, task_id
 
 __all__ = ["RUN_TASK", "Dispatcher", "RedisSender", "Sender", "celery_sender", "make_sender"]
 
 logger = logging.getLogger(__name__)
-
-#: URL schemes redis-py opens directly; others (sentinel://) go through Celery.
-_DIRECT_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class Sender(Protocol):
@@ -57,7 +54,7 @@ class RedisSender:
 
 
 def celery_sender(app: Any, queue: str) -> Sender:
-    """A sender over a Celery app, for brokers redis-py cannot open by URL (Sentinel)."""
+    """A sender over a Celery app (``app.send_task``), for any broker Celery reaches."""
 
     def send(repo: str, sha: str, branch: str | None) -> None:
         app.send_task(
@@ -70,16 +67,11 @@ def celery_sender(app: Any, queue: str) -> Sender:
 
 def make_sender(settings: Settings, store: Store, urgent: bool = False) -> Sender:
     """The sender for these settings; ``urgent`` ones jump the queue (see RedisSender).
-    Through Celery (Sentinel URLs) there is no jumping: reruns queue at the back."""
+    Every ciq broker URL, Sentinel's too, is a Redis that :func:`~ciq.store.connect` opens
+    (a Sentinel client finds the master again after a failover)."""
     if settings.broker_url == settings.result_backend:
         return RedisSender(store.client, settings.queue, urgent)
-    if settings.broker_url.startswith(_DIRECT_SCHEMES):
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=10,
-                                      socket_connect_timeout=5)
-        return RedisSender(client, settings.queue, urgent)
-    from .celery import create_app
-
-    return celery_sender(create_app(settings), settings.queue)
+    return RedisSender(connect(settings.broker_url), settings.queue, urgent)
 
 
 class Dispatcher:

@@ -29,8 +29,22 @@ def _fast(settings: Settings) -> bool:
     return settings.broker_url == url and url.split("://", 1)[0] in SCHEMES
 
 
-def enqueue(settings: Settings, repo_arg: str, rev: str | None) -> tuple[str, bool]:
-    """Enqueue one commit; returns its SHA and whether this call enqueued it."""
+def _branch_name(name: str) -> str:
+    """A branch name to record. It never reaches git, so any name git allows passes
+    (``a&b``, ``fix,2``), less what could pass for an option or mangle a terminal."""
+    if name.startswith("-") or len(name) > 255 or any(c.isspace() or not c.isprintable()
+                                                       for c in name):
+        raise BadInput(f"{name[:80]!r} is not a valid branch name")
+    return name
+
+
+def enqueue(settings: Settings, repo_arg: str, rev: str | None,
+            branch_name: str | None = None) -> tuple[str, bool]:
+    """Enqueue one commit; returns its SHA and whether this call enqueued it.
+
+    ``branch_name`` is the branch to record (a post-receive hook knows it from the
+    ref; an empty one records none); without it, the branch ``rev`` names, if any.
+    """
     repo = normalise_repo(repo_arg)
     if _is_url(repo):
         if rev is None:
@@ -38,6 +52,8 @@ def enqueue(settings: Settings, repo_arg: str, rev: str | None) -> tuple[str, bo
         info, branch = CommitInfo(validate_sha(rev), "", ""), None
     else:
         info, branch = describe(repo, rev or "HEAD")
+    if branch_name is not None:
+        branch = _branch_name(branch_name) if branch_name else None
     meta = {"subject": info.subject, "author": info.author}
     if _fast(settings):
         from .resp import RespConnection
@@ -58,10 +74,10 @@ def enqueue(settings: Settings, repo_arg: str, rev: str | None) -> tuple[str, bo
     return info.sha, Dispatcher.for_settings(settings, store).submit(repo, info.sha, branch, info)
 
 
-def run(repo: str, rev: str | None) -> int:
+def run(repo: str, rev: str | None, branch: str | None = None) -> int:
     """The command: prints the SHA (stdout) and any problem as one line (stderr)."""
     try:
-        sha, claimed = enqueue(Settings.from_env(), repo, rev)
+        sha, claimed = enqueue(Settings.from_env(), repo, rev, branch)
     except CiqError as exc:
         print(f"ciq: {exc}", file=sys.stderr)
         return 1

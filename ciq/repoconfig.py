@@ -28,6 +28,7 @@ _KINDS: dict[str, str] = {
     "deps": "a list of file names or glob patterns inside the repository",
     "extras": "a list of extra names (may be empty)",
     "install": "true or false",
+    "queue": "a plain name like \"heavy\" (letters, digits, - and _)",
 }
 
 
@@ -46,6 +47,9 @@ def _valid(key: str, value: Any) -> bool:
     if key == "env":
         return isinstance(value, dict) and all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    if key == "queue":
+        return isinstance(value, str) and bool(value) and value.replace("-", "").replace(
+            "_", "").isalnum()
     if key == "install":
         return isinstance(value, bool)
     if key == "timeout":
@@ -73,6 +77,9 @@ class RepoConfig:
     #: Install the commit's project into its run's environment; None: when it is a
     #: package (false: the tests import it from the checkout, `src/` on the path).
     install: bool | None = None
+    #: Broker queue of this repository's runs (the operator's file only: a commit's own
+    #: settings are read after its run was queued); None: CIQ_QUEUE.
+    queue: str | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str) -> RepoConfig:
@@ -96,6 +103,7 @@ class RepoConfig:
             deps=tuple(data.get("deps", ())),
             extras=tuple(data["extras"]) if "extras" in data else None,
             install=data.get("install"),
+            queue=data.get("queue"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +129,8 @@ class RepoConfig:
             out["extras"] = list(self.extras)
         if self.install is not None:
             out["install"] = self.install
+        if self.queue:
+            out["queue"] = self.queue
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -139,6 +149,7 @@ class RepoConfig:
             deps=self.deps or base.deps,
             extras=self.extras if self.extras is not None else base.extras,
             install=self.install if self.install is not None else base.install,
+            queue=base.queue or self.queue,
         )
 
 

@@ -10,15 +10,75 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: The Celery configuration module workers load unless CIQ_CELERY_CONFIG names another.
+DEFAULT_CELERY_CONFIG = "worker_config.celeryconfig"
+#: Port of a Sentinel given without one (Redis's own default for sentinels).
+SENTINEL_PORT = 26379
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "ciq"
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A Redis reached through Sentinel, as one URL that every ciq process understands:
+
+        sentinel://[[USER]:PASSWORD@]HOST[:PORT][/DB][;sentinel://HOST2[:PORT]...]?master_name=NAME
+
+    Celery's own form (sentinels separated by ``;``; database, user and password taken
+    from the first) plus the master's name, which Celery takes as a transport option
+    instead: ciq strips it from the URL it gives Celery and sets ``master_name`` in
+    ``broker_transport_options`` / ``result_backend_transport_options``. Keeping it in the
+    URL lets everything that passes the URL around (workers, git hooks) carry it along.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    master_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    #: The URL without the master's name: what Celery and kombu are given.
+    celery_url: str = ""
+
+    @classmethod
+    def parse(cls, url: str) -> SentinelURL:
+        sentinels: list[tuple[str, int]] = []
+        names: set[str] = set()
+        chunks = []
+        for chunk in url.split(";"):
+            parts = urlsplit(chunk.strip())
+            if parts.scheme != "sentinel" or not parts.hostname:
+                raise ConfigError(f"{chunk!r} is not of the form sentinel://HOST[:PORT][/DB]")
+            query = parse_qs(parts.query, keep_blank_values=True)
+            unknown = sorted(set(query) - {"master_name"})
+            if unknown:
+                raise ConfigError(f"a Sentinel URL takes only ?master_name=NAME, not {unknown[0]}")
+            names.update(query.get("master_name", []))
+            try:
+                sentinels.append((parts.hostname, parts.port or SENTINEL_PORT))
+            except ValueError:
+                raise ConfigError(f"{chunk!r} has a bad port") from None
+            chunks.append(parts._replace(query="").geturl())
+        if len(names) != 1 or not next(iter(names)):
+            raise ConfigError("a Sentinel URL needs the master's name, once: add "
+                              "?master_name=NAME (the name in `sentinel monitor NAME ...`)")
+        first = urlsplit(url.split(";")[0])
+        path = first.path.strip("/")
+        if path and not path.isdigit():
+            raise ConfigError(f"{path!r} is not a database number")
+        return cls(
+            sentinels=tuple(sentinels), master_name=names.pop(), db=int(path or 0),
+            username=unquote(first.username) if first.username else None,
+            password=unquote(first.password) if first.password is not None else None,
+            celery_url=";".join(chunks),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -55,6 +115,9 @@ class Settings:
     env_dir: Path | None = None
     #: Cached environments kept per host; the least recently used go first.
     env_cache_size: int = 10
+    #: The Celery configuration module (import path) workers load, e.g.
+    #: ``worker_config.production``; values derived from the settings above win over it.
+    celery_config: str = DEFAULT_CELERY_CONFIG
 
     #: Environment variable for each field, in one place.
     ENV = {
@@ -72,6 +135,7 @@ class Settings:
         "worker_name": "CIQ_WORKER_NAME",
         "env_dir": "CIQ_ENV_DIR",
         "env_cache_size": "CIQ_ENV_CACHE_SIZE",
+        "celery_config": "CIQ_CELERY_CONFIG",
     }
 
     def __post_init__(self) -> None:
@@ -100,8 +164,16 @@ class Settings:
                     f"{self.ENV[name]}={url!r} is not a Redis URL; "
                     "use redis://host:port/db (or rediss:// for TLS)"
                 )
+            if url.startswith("sentinel://"):
+                try:
+                    SentinelURL.parse(url)
+                except ConfigError as exc:
+                    raise ConfigError(f"{self.ENV[name]}: {exc}") from None
         if not self.queue or not self.queue.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{self.ENV['queue']} must be a plain name like 'ciq'")
+        if not all(part.isidentifier() for part in self.celery_config.split(".")):
+            raise ConfigError(f"{self.ENV['celery_config']}={self.celery_config!r} is not a "
+                              "module path like worker_config.production")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.sentinel import Sentinel
 
 from .errors import NotFound, StoreUnavailable
 from .keys import (
@@ -41,8 +42,9 @@ from .keys import (
     task_id,
 )
 from .report import Report, utcnow
+from .settings import SentinelURL
 
-__all__ = ["Lease", "Store", "repo_id", "task_id"]
+__all__ = ["Lease", "Store", "connect", "repo_id", "task_id"]
 
 # KEYS: lease, report, commit, started. ARGV: run id, ttl ms, member, worker, started_at.
 # Returns -1 when the report exists, 0 when another run holds the lease, else attempts.
@@ -90,6 +92,21 @@ return 1
 """
 
 
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A redis-py client for a ciq Redis URL: ``redis://``, ``rediss://``, ``unix://``, or
+    ``sentinel://...?master_name=NAME`` (see :class:`~ciq.settings.SentinelURL`), whose
+    client asks the sentinels for the master again after a failover."""
+    options = {"socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30,
+               "retry_on_timeout": True, **options}
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, **options)
+    where = SentinelURL.parse(url)
+    timeouts = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    sentinel = Sentinel(list(where.sentinels), sentinel_kwargs=timeouts)
+    return sentinel.master_for(where.master_name, db=where.db, username=where.username,
+                               password=where.password, **options)
+
+
 @dataclass(frozen=True)
 class Lease:
     repo: str
@@ -114,15 +131,7 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str) -> Store:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-            health_check_interval=30,
-            retry_on_timeout=True,
-        )
-        return cls(client)
+        return cls(connect(url, decode_responses=True))
 
     def ping(self) -> None:
         try:

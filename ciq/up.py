@@ -139,8 +139,13 @@ def sample_repo(data_dir: Path) -> Path:
 
 
 def up(settings: Settings, repo: str | None, once: bool, interval: float, concurrency: int,
-       echo: Callable[[str], None], show: Callable[[object], None]) -> int:
-    """Run the local system; returns the exit status (0, or 1 when a report is red)."""
+       echo: Callable[[str], None], show: Callable[[object], None], hook: bool = False) -> int:
+    """Run the local system; returns the exit status (0, or 1 when a report is red).
+
+    With ``hook``, ciq's git hook is also installed in the repository, pointing at the
+    Redis used here; it stays when `ciq up` stops (its commits are then only logged).
+    """
+    from . import hooks
     from .dispatch import Dispatcher
     from .gitrepo import describe, normalise_repo
     from .observer import Observer, Watch
@@ -150,6 +155,9 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
     name = normalise_repo(repo) if repo else str(sample_repo(settings.data_dir))
     if "://" not in name and "@" not in name.split("/")[0]:
         describe(name, "HEAD")  # a readable repository with a commit, before starting anything
+    target = hooks.locate(name) if hook else None
+    if target is not None:
+        hooks.check(target, target.default_kind)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -159,6 +167,8 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
             settings = replace(settings, broker_url=url, result_backend=url)
             echo(f"ciq: private Redis at {url} (data in {settings.data_dir / 'redis'})")
             echo(f"     in another shell: export CIQ_BROKER_URL={url}; ciq status")
+        if target is not None:
+            _install_hook(target, settings, echo)
         log = settings.data_dir / "logs" / "worker.log"
         with worker_process(settings, log, concurrency):
             echo(f"ciq: worker started (log: {log})")
@@ -167,6 +177,20 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
                                 settings.data_dir)
             echo(f"ciq: watching {name} every {interval:g}s; Ctrl-C stops everything")
             return _follow(store, observer, name, once, interval, stop, echo, show)
+
+
+def _install_hook(target, settings: Settings, echo: Callable[[str], None]) -> None:
+    import shlex
+
+    from . import hooks
+
+    env = hooks.pinned(settings)
+    done = hooks.install(target, target.default_kind, hooks.ciq_command(), env)
+    verb = "already" if done.action == "unchanged" else "now"
+    echo(f"ciq: {done.path} {verb} enqueues each new commit at once "
+         f"(Redis {hooks.redacted(settings.broker_url)}; log: {target.log})")
+    echo("     the hook stays after Ctrl-C (commits are then only logged); remove it with: "
+         f"ciq hook uninstall {shlex.quote(target.repo)}")
 
 
 def _follow(store, observer, name, once, interval, stop, echo, show) -> int:

@@ -228,14 +228,15 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerP
     started: list[WorkerProcess] = []
 
     def start(name: str = "w1", concurrency: int = 1, data_dir: Path | None = None,
-              python: str = sys.executable, **env: str) -> WorkerProcess:
+              python: str = sys.executable, queues: str | None = None,
+              **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{name}-{len(started)}.log"
         environ = ciq_env(settings, **env)
         if data_dir is not None:
             environ["CIQ_DATA_DIR"] = str(data_dir)
         cmd = [python, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
                f"--concurrency={concurrency}", f"--hostname={name}@%h",
-               "--without-mingle", "--without-gossip"]
+               "--without-mingle", "--without-gossip", *(["-Q", queues] if queues else [])]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, env=environ, cwd=tmp_path, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
