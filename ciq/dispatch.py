@@ -12,27 +12,22 @@ reconciler sends it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
 
 import redis
 
 from .gitrepo import CommitInfo
 from .keys import RUN_TASK
-from .message import args_repr, run_message
+from .message import run_message
 from .settings import Settings
-from .store import Store, connect, task_id
+from .store import Store, connect
 
-__all__ = ["RUN_TASK", "Dispatcher", "RedisSender", "Sender", "celery_sender", "make_sender"]
+__all__ = ["RUN_TASK", "Dispatcher", "RedisSender", "make_sender"]
 
 logger = logging.getLogger(__name__)
 
 
-class Sender(Protocol):
-    def __call__(self, repo: str, sha: str, branch: str | None) -> None: ...
-
-
 class RedisSender:
-    """Pushes run messages straight onto the broker's Redis list for the queue.
+    """Pushes run messages straight onto the broker's Redis list of a queue.
 
     kombu's Redis transport pushes on the left (LPUSH) and workers pop from the right
     (BRPOP). An ``urgent`` sender pushes on the right, so its message is the next one
@@ -42,30 +37,21 @@ class RedisSender:
 
     def __init__(self, client: redis.Redis, queue: str, urgent: bool = False) -> None:
         self.client = client
+        #: The queue of repositories the operator routes nowhere else (CIQ_QUEUE).
         self.queue = queue
         self.urgent = urgent
 
-    def message(self, repo: str, sha: str, branch: str | None) -> str:
-        return run_message(repo, sha, branch, self.queue, RUN_TASK)
+    def message(self, repo: str, sha: str, branch: str | None, queue: str) -> str:
+        return run_message(repo, sha, branch, queue, RUN_TASK)
 
-    def __call__(self, repo: str, sha: str, branch: str | None) -> None:
+    def __call__(self, repo: str, sha: str, branch: str | None,
+                 queue: str | None = None) -> None:
+        queue = queue or self.queue
         push = self.client.rpush if self.urgent else self.client.lpush
-        push(self.queue, self.message(repo, sha, branch))
+        push(queue, self.message(repo, sha, branch, queue))
 
 
-def celery_sender(app: Any, queue: str) -> Sender:
-    """A sender over a Celery app (``app.send_task``), for any broker Celery reaches."""
-
-    def send(repo: str, sha: str, branch: str | None) -> None:
-        app.send_task(
-            RUN_TASK, args=[repo, sha, branch], task_id=task_id(repo, sha), queue=queue,
-            argsrepr=args_repr(repo, sha, branch),
-        )  # fmt: skip
-
-    return send
-
-
-def make_sender(settings: Settings, store: Store, urgent: bool = False) -> Sender:
+def make_sender(settings: Settings, store: Store, urgent: bool = False) -> RedisSender:
     """The sender for these settings; ``urgent`` ones jump the queue (see RedisSender).
     Every ciq broker URL, Sentinel's too, is a Redis that :func:`~ciq.store.connect` opens
     (a Sentinel client finds the master again after a failover)."""
@@ -75,7 +61,7 @@ def make_sender(settings: Settings, store: Store, urgent: bool = False) -> Sende
 
 
 class Dispatcher:
-    def __init__(self, store: Store, send: Sender) -> None:
+    def __init__(self, store: Store, send: RedisSender) -> None:
         self.store = store
         self.send = send
 
@@ -87,16 +73,15 @@ class Dispatcher:
                ) -> bool:
         """Enqueue one commit unless it was enqueued before. True if this call did."""
         meta = {"subject": info.subject, "author": info.author} if info else {}
-        atomic = isinstance(self.send, RedisSender) and self.send.client is self.store.client
-        if atomic:
-            assert isinstance(self.send, RedisSender)
-            push = (self.send.queue, self.send.message(repo, sha, branch))
+        queue = self.store.queue_for(repo) or self.send.queue
+        if self.send.client is self.store.client:
+            push = (queue, self.send.message(repo, sha, branch, queue))
             if not self.store.claim(repo, sha, branch, meta, push=push):
                 return False
         else:
             if not self.store.claim(repo, sha, branch, meta):
                 return False
-            self.send(repo, sha, branch)
+            self.send(repo, sha, branch, queue)
             self.store.mark_sent(repo, sha)
         logger.info("dispatch: enqueued %s of %s (%s)", sha[:12], repo, branch or "-")
         return True

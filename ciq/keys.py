@@ -112,3 +112,15 @@ for i, sha in ipairs(shas) do
 end
 return out
 """
+
+
+#: Hash of the operator's settings per repository: repo id → {"source", "config"} (JSON).
+REPO_CONFIG = "ciq:repo-config"
+
+
+def routed_queue(raw: str | bytes | None) -> str | None:
+    """The queue the operator's settings (a REPO_CONFIG value) route a repository to."""
+    if raw is None:
+        return None
+    queue = json.loads(raw).get("config", {}).get("queue")
+    return queue if isinstance(queue, str) and queue else None

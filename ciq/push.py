@@ -13,7 +13,7 @@ import sys
 
 from .errors import BadInput, CiqError
 from .gitrepo import CommitInfo, describe, normalise_repo, validate_sha
-from .keys import CLAIM_SCRIPT, RUN_TASK, claim_call
+from .keys import CLAIM_SCRIPT, REPO_CONFIG, RUN_TASK, claim_call, repo_id, routed_queue
 from .message import run_message
 from .settings import Settings
 
@@ -58,10 +58,14 @@ def enqueue(settings: Settings, repo_arg: str, rev: str | None,
     if _fast(settings):
         from .resp import RespConnection
 
-        message = run_message(repo, info.sha, branch, settings.queue, RUN_TASK)
-        keys, args = claim_call(repo, info.sha, branch, meta, (settings.queue, message))
         conn = RespConnection.open(settings.result_backend)
         try:
+            # The operator may route this repository to a queue of its own (one more
+            # round trip, well under a millisecond).
+            queue = routed_queue(conn.call("HGET", REPO_CONFIG, repo_id(repo))) or (
+                settings.queue)
+            message = run_message(repo, info.sha, branch, queue, RUN_TASK)
+            keys, args = claim_call(repo, info.sha, branch, meta, (queue, message))
             claimed = bool(conn.eval(CLAIM_SCRIPT, keys, args))
         finally:
             conn.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from .dispatch import Sender
+from .dispatch import RedisSender
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -22,14 +22,14 @@ logger = logging.getLogger(__name__)
 UNSENT_AFTER = 30.0
 
 
-def reconcile(store: Store, send: Sender, unsent_after: float = UNSENT_AFTER) -> int:
+def reconcile(store: Store, send: RedisSender, unsent_after: float = UNSENT_AFTER) -> int:
     """One pass; returns how many commits it handed back to the queue."""
     for _repo, sha, _branch in store.release_orphans():
         logger.warning("reconciler: the run of %s died; enqueueing it again", sha[:12])
     count = 0
     for repo, sha, branch in store.unsent(unsent_after):
         logger.info("reconciler: sending %s of %s", sha[:12], repo)
-        send(repo, sha, branch)
+        send(repo, sha, branch, store.queue_for(repo))  # where the operator routes it now
         store.mark_sent(repo, sha)
         count += 1
     return count

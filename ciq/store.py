@@ -34,10 +34,12 @@ from redis.sentinel import Sentinel
 from .errors import NotFound, StoreUnavailable
 from .keys import (
     CLAIM_SCRIPT,
+    REPO_CONFIG,
     claim_call,
     commit_key,
     now_us,
     repo_id,
+    routed_queue,
     summary_fields,
     task_id,
 )
@@ -320,14 +322,18 @@ class Store:
     def set_repo_config(self, repo: str, source: str, config: dict[str, Any]) -> None:
         """The operator's settings of a repository, for workers to read at run time."""
         payload = json.dumps({"source": source, "config": config})
-        self.client.hset("ciq:repo-config", repo_id(repo), payload)
+        self.client.hset(REPO_CONFIG, repo_id(repo), payload)
 
     def repo_config(self, repo: str) -> tuple[str, dict[str, Any]] | None:
-        raw = self.client.hget("ciq:repo-config", repo_id(repo))
+        raw = self.client.hget(REPO_CONFIG, repo_id(repo))
         if raw is None:
             return None
         data = json.loads(raw)
         return data["source"], data["config"]
+
+    def queue_for(self, repo: str) -> str | None:
+        """The broker queue the operator routes this repository's runs to, if any."""
+        return routed_queue(self.client.hget(REPO_CONFIG, repo_id(repo)))
 
     # -- observer positions ---------------------------------------------------------------
 

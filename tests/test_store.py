@@ -6,7 +6,7 @@ import base64
 import json
 import time
 
-from ciq.dispatch import Dispatcher, RedisSender
+from ciq.dispatch import RUN_TASK, Dispatcher, RedisSender
 from ciq.message import run_message
 from ciq.report import Report
 from ciq.settings import Settings
@@ -83,10 +83,11 @@ def test_prefixes_resolve_to_one_known_commit(store: Store) -> None:
 def test_our_message_is_the_one_celery_sends(store: Store, settings: Settings) -> None:
     # Given the same run sent by Celery's own send_task
     from ciq.celery import create_app
-    from ciq.dispatch import celery_sender
+    from ciq.message import args_repr
 
     app = create_app(settings)
-    celery_sender(app, "q")(REPO, SHA, "main")
+    app.send_task(RUN_TASK, args=[REPO, SHA, "main"], task_id=task_id(REPO, SHA), queue="q",
+                  argsrepr=args_repr(REPO, SHA, "main"))
     theirs = json.loads(store.client.lpop("q"))
     RedisSender(store.client, "q")(REPO, SHA, "main")
     ours = json.loads(store.client.lpop("q"))
