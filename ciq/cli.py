@@ -472,7 +472,8 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:  # redis and kombu errors reaching the CLI
         name = type(exc).__name__
-        if "Connection" in name or "Timeout" in name or "OperationalError" in name:
+        if any(part in name for part in (
+                "Connection", "Timeout", "OperationalError", "MasterNotFound")):
             fail(f"cannot reach Redis ({exc}); check CIQ_BROKER_URL / CIQ_RESULT_BACKEND")
         raise
 

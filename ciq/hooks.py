@@ -166,7 +166,12 @@ def pinned(settings: Settings, given: Mapping[str, str] | None = None) -> dict[s
 
 
 def redacted(url: str) -> str:
-    """A URL fit to print: its password replaced by ``***``."""
+    """A URL fit to print: every password in it (a Sentinel URL lists several hosts,
+    ``;``-separated) replaced by ``***``."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -162,7 +162,8 @@ class Settings:
             if not url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
                 raise ConfigError(
                     f"{self.ENV[name]}={url!r} is not a Redis URL; "
-                    "use redis://host:port/db (or rediss:// for TLS)"
+                    "use redis://host:port/db (rediss:// for TLS, or "
+                    "sentinel://host:port/db?master_name=NAME)"
                 )
             if url.startswith("sentinel://"):
                 try:
@@ -201,7 +202,16 @@ class Settings:
             values["result_backend"] = values["broker_url"]
         if "data_dir" not in values:
             values["data_dir"] = _default_data_dir(environ)
-        return cls(**values)  # type: ignore[arg-type]
+        settings = cls(**values)  # type: ignore[arg-type]
+        # Celery reads these over any configuration: a worker would then take runs from
+        # one Redis while ciq keeps leases and reports in another.
+        for var, ours in (("CELERY_BROKER_URL", settings.broker_url),
+                          ("CELERY_RESULT_BACKEND", settings.result_backend)):
+            if environ.get(var) and environ[var] != ours:
+                mine = var.replace("CELERY_", "CIQ_")
+                raise ConfigError(f"{var} is set and differs from {mine}; ciq takes its "
+                                  f"Redis from {mine}: unset {var}")
+        return settings
 
     @property
     def env_root(self) -> Path:

@@ -105,7 +105,9 @@ def private_redis(data_dir: Path) -> Iterator[str]:
 
 @contextmanager
 def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[None]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CIQ_")}
+    # The worker gets every setting `ciq up` runs with (its queue, time limit, user...),
+    # with the URLs of the Redis actually used.
+    env = dict(os.environ)
     env.update(CIQ_BROKER_URL=settings.broker_url, CIQ_RESULT_BACKEND=settings.result_backend,
                CIQ_DATA_DIR=str(settings.data_dir))
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +153,7 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
     from .observer import Observer, Watch
     from .store import Store
 
-    own_redis = "CIQ_BROKER_URL" not in os.environ
+    own_redis = not os.environ.get("CIQ_BROKER_URL")  # empty means unset, as in Settings
     name = normalise_repo(repo) if repo else str(sample_repo(settings.data_dir))
     if "://" not in name and "@" not in name.split("/")[0]:
         describe(name, "HEAD")  # a readable repository with a commit, before starting anything

@@ -28,10 +28,18 @@ def test_settings_from_env_reads_each_variable() -> None:
     ({"CIQ_MAX_ATTEMPTS": "0"}, "CIQ_MAX_ATTEMPTS"),
     ({"CIQ_BROKER_URL": "amqp://guest@localhost//"}, "CIQ_BROKER_URL"),
     ({"CIQ_RESULT_BACKEND": "rpc://"}, "CIQ_RESULT_BACKEND"),
+    ({"CELERY_BROKER_URL": "redis://elsewhere:6379/0"}, "unset CELERY_BROKER_URL"),
+    ({"CIQ_BROKER_URL": "redis://a:1/0", "CELERY_RESULT_BACKEND": "redis://b:1/0"},
+     "CELERY_RESULT_BACKEND is set and differs from CIQ_RESULT_BACKEND"),
 ])
 def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         Settings.from_env(env)
+
+
+def test_celery_variables_that_agree_with_ciq_are_fine() -> None:
+    url = "redis://a:1/0"
+    assert Settings.from_env({"CIQ_BROKER_URL": url, "CELERY_BROKER_URL": url}).broker_url == url
 
 
 @pytest.mark.parametrize("value", ["--upload-pack=touch x", "-x", "HEAD..main", "a b", "",
@@ -118,3 +126,12 @@ def test_celery_configuration_keeps_its_promises() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.worker_hijack_root_logger is False
     assert conf.result_expires is None
+
+
+def test_printed_urls_hide_every_password() -> None:
+    from ciq.hooks import redacted
+
+    url = "sentinel://:pw1@h1:26379/0;sentinel://:pw2@h2:26379/0?master_name=m"
+    assert redacted(url) == ("sentinel://:***@h1:26379/0;"
+                             "sentinel://:***@h2:26379/0?master_name=m")
+    assert redacted("redis://u:secret@h:6379/0") == "redis://u:***@h:6379/0"
