@@ -347,7 +347,11 @@ def _printable(text: str) -> str:
 @click.option("--junit", is_flag=True, help="Print the report as JUnit XML.")
 @click.option("--wait", default=0.0, type=click.FloatRange(min=0), metavar="S",
               help="Wait up to S seconds for a report still being made.")
-def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float) -> None:
+@click.option("--watch", is_flag=True,
+              help="Follow the commit (queued, running) until its report is final; the "
+                   "exit status is then 0 if it passed, 1 if not.")
+def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float,
+           watch: bool) -> None:
     """One commit's report. SHA may be a unique prefix."""
     from .gitrepo import validate_sha_prefix
 
@@ -357,6 +361,10 @@ def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float) -> None
     prefix = validate_sha_prefix(sha)
     store = _store(settings)
     repo = _repo_arg(repo, store)
+    if watch:
+        found = _watch(store, repo, store.resolve(repo, prefix), sys.stdout.isatty())
+        _show_report(found, as_json, junit)
+        sys.exit(0 if found.status == "passed" else 1)
     deadline = time.monotonic() + wait
     while True:
         try:
@@ -372,6 +380,10 @@ def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float) -> None
             state = "running" if store.lease_holder(repo, full or "") else "queued"
             fail(f"{prefix} has no report yet ({state}); use --wait S to wait for it")
         time.sleep(0.1)
+    _show_report(found, as_json, junit)
+
+
+def _show_report(found: Any, as_json: bool, junit: bool) -> None:
     if as_json:
         click.echo(json.dumps(found.to_dict(), indent=2))
     elif junit:
@@ -380,6 +392,36 @@ def report(repo: str, sha: str, as_json: bool, junit: bool, wait: float) -> None
         click.echo(to_junit(found))
     else:
         _print_report(found, sys.stdout.isatty())
+
+
+#: Seconds between two looks at a watched commit.
+WATCH_POLL = 0.5
+
+
+def _watch(store: Store, repo: str, sha: str, tty: bool) -> Any:
+    """Print a watched commit's state as it changes (on one line rewritten in place on a
+    terminal, a line per change otherwise), on stderr so that stdout stays the report;
+    return the final report."""
+    shown = None
+    started = time.monotonic()
+    while (found := store.report(repo, sha)) is None:
+        meta = store.commit(repo, sha)
+        if store.lease_holder(repo, sha):
+            state = f"running on {meta.get('worker') or '?'} (attempt {meta.get('attempts', 1)})"
+        else:
+            died = int(meta.get("attempts") or 0) > 0
+            state = "queued" + (" again (its run died)" if died else "")
+        line = f"{sha[:12]} {state}"
+        if tty:
+            waited = int(time.monotonic() - started)
+            click.echo(f"\r\033[K{line}, {waited}s", nl=False, err=True)
+        elif line != shown:
+            click.echo(line, err=True)
+        shown = line
+        time.sleep(WATCH_POLL)
+    if tty and shown:
+        click.echo("\r\033[K", nl=False, err=True)
+    return found
 
 
 def _print_report(r: Any, colour: bool) -> None:

@@ -274,6 +274,34 @@ def test_report_wait_follows_a_queued_commit(make_repo, worker, store, settings:
     assert json.loads(out)["status"] == "passed"
 
 
+def test_report_watch_follows_a_commit_to_its_final_report(
+    make_repo, worker, store, settings: Settings, tmp_path
+):
+    # Given a failing commit whose tests take a moment, queued with no worker yet
+    repo = make_repo({"tests/test_slow.py": "import time\n\ndef test_slow():\n"
+                                            "    time.sleep(2)\n    assert False\n"})
+    sha = run_ciq(settings, "enqueue", str(repo.path)).stdout.strip()
+    # When `ciq report --watch` follows it (piped: a line per change, on stderr)
+    watching = subprocess.Popen(
+        [sys.executable, "-m", "ciq", "report", str(repo.path), sha[:10], "--watch"],
+        env=ciq_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    worker()
+    out, err = watching.communicate(timeout=90)
+    # Then it showed each state once, printed the report, and exits 1 (not passed)
+    assert err.splitlines()[:2] == [f"{sha[:12]} queued",
+                                    f"{sha[:12]} running on w1@{os.uname().nodename} "
+                                    "(attempt 1)"], err
+    assert out.startswith(f"FAILED  {sha}") and "tests/test_slow.py::test_slow" in out
+    assert watching.returncode == 1
+    # And a commit already reported is printed at once, exit 0 when it passed
+    ok = repo.commit({"tests/test_slow.py": "def test_slow():\n    pass\n"}, "fix")
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    wait_report(store, str(repo.path), ok)
+    done = run_ciq(settings, "report", str(repo.path), ok, "--watch", "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["status"] == "passed"
+
+
 POISON = """\
 import os, time
 
