@@ -333,25 +333,50 @@ def test_a_commit_that_keeps_killing_its_worker_gets_an_error_report(
     assert wait_report(store, str(repo.path), good, timeout=60).status == "passed"
 
 
-def test_flower_starts_with_the_ciq_app(settings: Settings, tmp_path: Path):
-    import sys
+@pytest.mark.slow
+def test_flower_shows_runs_with_readable_names_and_arguments(
+    settings: Settings, tmp_path: Path, make_repo, worker, store: Store
+):
     import urllib.request
 
-    from .conftest import ciq_env, free_port, stop_process
+    from ciq.message import args_repr
+
+    from .conftest import free_port, stop_process
 
     port = free_port()
+    # Flower's JSON API answers only behind authentication (or when told it need not)
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "ciq", "flower", f"--port={port}",
-         "--address=127.0.0.1"], env=ciq_env(settings), cwd=tmp_path,
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+         "--address=127.0.0.1"], env=ciq_env(settings, FLOWER_BASIC_AUTH="ops:secret"),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        start_new_session=True)
     try:
-        def healthy() -> bool:
+        def get(path: str) -> bytes | None:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={
+                "Authorization": "Basic " + base64.b64encode(b"ops:secret").decode()})
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthcheck") as r:
-                    return r.read() == b"OK"
+                with urllib.request.urlopen(request) as r:
+                    return r.read()
             except OSError:
-                return False
+                return None
 
-        wait_for(healthy, 30, "flower to answer")
+        wait_for(lambda: get("/healthcheck") == b"OK", 30, "flower to answer")
+        # Given a worker (task events are on by default) and a commit run while Flower
+        # listens
+        worker()
+        repo = make_repo(PASSING)
+        assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+        wait_report(store, str(repo.path), repo.head())
+
+        # Then Flower lists the run as ciq.run with the repository and the short SHA
+        def listed() -> dict | None:
+            tasks = json.loads(get("/api/tasks") or b"{}")
+            return tasks.get(task_id(str(repo.path), repo.head()))
+
+        task = wait_for(lambda: (t := listed()) and t.get("state") == "SUCCESS" and t, 30,
+                        "flower to see the run")
+        assert task["name"] == "ciq.run"
+        assert task["args"] == args_repr(str(repo.path), repo.head(), "main")
+        assert repo.head()[:12] in task["args"] and repo.head() not in task["args"]
     finally:
         stop_process(proc)
