@@ -1,5 +1,5 @@
 # One image for every ciq process: the worker (the default command), the observer
-# (`ciq observe`) and Flower (`celery -A ciq flower`). docker-compose.yml runs them.
+# (`ciq observe`), the web UI (`ciq web`) and Flower (`celery -A ciq flower`). docker-compose.yml runs them.
 FROM python:3.11-slim
 
 # git: mirrors and worktrees of the repositories under test. openssh-client: ssh:// and
@@ -27,8 +27,8 @@ WORKDIR /src
 # setuptools wants the packages it is told about to exist, so empty ones stand in for
 # them during that install; the real ones replace them below.
 COPY pyproject.toml README.md ./
-RUN mkdir ciq worker_config \
-    && touch ciq/__init__.py worker_config/__init__.py \
+RUN mkdir -p ciq/web worker_config \
+    && touch ciq/__init__.py ciq/web/__init__.py worker_config/__init__.py \
     && pip install . \
     && pip uninstall -y ciq \
     && rm -rf build ciq worker_config ciq.egg-info

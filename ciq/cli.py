@@ -441,8 +441,20 @@ def _print_report(r: Any, colour: bool) -> None:
         how = "cached" if e.get("cache_hit") else f"built in {e.get('build_seconds', 0):.1f}s"
         click.echo(f"environment: Python {e.get('python')}, {e.get('key')} ({how}); "
                    f"setup {t.get('setup', 0):.2f}s, tests {t.get('test', 0):.2f}s")
+    if r.shards:
+        chunks = r.shards.get("chunks", [])
+        ran = ", ".join(f"{c.get('worker') or '-'} {c.get('seconds', 0):.1f}s"
+                        for c in chunks if "seconds" in c)
+        imbalance = r.shards.get("imbalance")
+        click.echo(f"sharded: {r.shards.get('count')} chunks"
+                   + (f", imbalance {imbalance:.2f} (longest ÷ mean)" if imbalance else "")
+                   + (f"; {ran}" if ran else ""))
     if r.message:
         click.echo(_printable(r.message))
+    if r.not_run:
+        click.echo(f"not run ({len(r.not_run)}): "
+                   + ", ".join(_printable(i) for i in r.not_run[:10])
+                   + (" ..." if len(r.not_run) > 10 else ""))
     bad = [t for t in r.tests if t.outcome in ("failed", "error")]
     for t in bad:
         click.echo(style(f"\n{t.outcome.upper()} {_printable(t.id)}", fg="red"))
@@ -493,6 +505,20 @@ def up(repo: str | None, once: bool, interval: float, concurrency: int, hook: bo
         click.echo("")
 
     sys.exit(run_up(settings, repo, once, interval, concurrency, click.echo, show, hook))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface: the UI has no login).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one).")
+def web(host: str, port: int) -> None:
+    """The reports web UI and its JSON API (/api), read-only, until Ctrl-C."""
+    from .web.server import serve
+
+    settings = _settings()
+    _store(settings)  # Redis down: one line now, not a 503 on every page later
+    serve(settings, host, port, lambda url: click.echo(f"ciq: web UI on {url}"))
 
 
 def main() -> None:

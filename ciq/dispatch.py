@@ -16,7 +16,7 @@ import logging
 import redis
 
 from .gitrepo import CommitInfo
-from .keys import RUN_TASK
+from .keys import CHUNK_TASK, RUN_TASK
 from .message import run_message
 from .settings import Settings
 from .store import Store, connect
@@ -49,6 +49,10 @@ class RedisSender:
         queue = queue or self.queue
         push = self.client.rpush if self.urgent else self.client.lpush
         push(queue, self.message(repo, sha, branch, queue))
+
+    def chunk(self, repo: str, sha: str, branch: str | None, index: int, queue: str) -> None:
+        """Queue chunk ``index`` of a sharded commit again, first in line."""
+        self.client.rpush(queue, run_message(repo, sha, branch, queue, CHUNK_TASK, index))
 
 
 def make_sender(settings: Settings, store: Store, urgent: bool = False) -> RedisSender:

@@ -26,9 +26,11 @@ def repo_id(repo: str) -> str:
     return hashlib.sha1(repo.encode()).hexdigest()[:16]
 
 
-def task_id(repo: str, sha: str) -> str:
-    """The Celery task id of a commit's run: the same for every attempt of it."""
-    return str(uuid.uuid5(_TASK_NS, f"{repo_id(repo)}:{sha}"))
+def task_id(repo: str, sha: str, chunk: int | None = None) -> str:
+    """The Celery task id of a commit's run (or of one chunk of it): the same for every
+    attempt of it."""
+    name = f"{repo_id(repo)}:{sha}" + (f":{chunk}" if chunk is not None else "")
+    return str(uuid.uuid5(_TASK_NS, name))
 
 
 def now_us() -> int:
@@ -83,6 +85,8 @@ def claim_call(repo: str, sha: str, branch: str | None, meta: dict[str, str],
 
 #: Name of the Celery task that tests one commit.
 RUN_TASK = "ciq.run"
+#: Name of the Celery task that runs one chunk of a sharded commit.
+CHUNK_TASK = "ciq.chunk"
 
 
 #: Report fields copied into a commit's hash when it is reported (for listings).
@@ -101,17 +105,45 @@ def summary_fields(report: Report) -> list[str]:
     return [str(x) for kv in values.items() for x in kv]
 
 
-# KEYS: none (one repository's keys are named from ARGV[1]). ARGV: rid, how many. The
-# newest commits of a repository: {sha, lease held (0/1), flat commit hash} each.
+#: Newest commits of a repository that a listing filtered by branch looks through.
+RECENT_WALK = 10_000
+
+# KEYS: none (one repository's keys are named from ARGV[1]). ARGV: rid, how many, and
+# optionally how many to skip (default 0), a branch (default '': every branch) and how
+# many of the newest commits a branch filter looks through (default RECENT_WALK), so
+# that one call never keeps Redis busy for long. The newest commits of a repository:
+# {sha, lease held (0/1), flat commit hash} each.
 RECENT_SCRIPT = """
-local shas = redis.call('ZREVRANGE', 'ciq:index:' .. ARGV[1], 0, tonumber(ARGV[2]) - 1)
+local rid, limit, offset = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3] or '0')
+local branch, walk = ARGV[4] or '', tonumber(ARGV[5] or '@WALK@')
+if limit <= 0 then return {} end
+local index = 'ciq:index:' .. rid
+local shas = {}
+if branch == '' then
+  shas = redis.call('ZREVRANGE', index, offset, offset + limit - 1)
+else
+  local seen, start = 0, 0
+  while #shas < limit and start < walk do
+    local chunk = redis.call('ZREVRANGE', index, start, math.min(start + 499, walk - 1))
+    if #chunk == 0 then break end
+    for _, sha in ipairs(chunk) do
+      if #shas >= limit then break end
+      local b = redis.call('HGET', 'ciq:commit:' .. rid .. ':' .. sha, 'branch')
+      if b == branch then
+        if seen >= offset then shas[#shas + 1] = sha end
+        seen = seen + 1
+      end
+    end
+    start = start + 500
+  end
+end
 local out = {}
 for i, sha in ipairs(shas) do
-  local h = redis.call('HGETALL', 'ciq:commit:' .. ARGV[1] .. ':' .. sha)
-  out[i] = {sha, redis.call('EXISTS', 'ciq:lease:' .. ARGV[1] .. ':' .. sha), h}
+  local h = redis.call('HGETALL', 'ciq:commit:' .. rid .. ':' .. sha)
+  out[i] = {sha, redis.call('EXISTS', 'ciq:lease:' .. rid .. ':' .. sha), h}
 end
 return out
-"""
+""".replace("@WALK@", str(RECENT_WALK))
 
 
 #: Hash of the operator's settings per repository: repo id → {"source", "config"} (JSON).

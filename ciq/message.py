@@ -20,21 +20,24 @@ from typing import Any
 from .keys import task_id
 
 
-def args_repr(repo: str, sha: str, branch: str | None) -> str:
+def args_repr(repo: str, sha: str, branch: str | None, chunk: int | None = None) -> str:
     """What Flower and `celery inspect` show instead of a run's full arguments."""
-    return f"({repo!r}, {sha[:12]!r}, {branch!r})"
+    more = f", {chunk}" if chunk is not None else ""
+    return f"({repo!r}, {sha[:12]!r}, {branch!r}{more})"
 
 
-def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str) -> str:
-    """The broker payload of one run of ``task`` for (repo, sha, branch)."""
-    tid = task_id(repo, sha)
-    body = [[repo, sha, branch], {}, {"callbacks": None, "errbacks": None, "chain": None,
-                                      "chord": None}]
+def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str,
+                chunk: int | None = None) -> str:
+    """The broker payload of one run of ``task`` for (repo, sha, branch), or of one
+    chunk of a sharded commit (:mod:`ciq.sharding`) when ``chunk`` is its index."""
+    tid = task_id(repo, sha, chunk)
+    args: list[Any] = [repo, sha, branch, *([chunk] if chunk is not None else [])]
+    body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     headers: dict[str, Any] = {
         "lang": "py", "task": task, "id": tid, "shadow": None, "eta": None, "expires": None,
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": tid, "parent_id": None,
-        "argsrepr": args_repr(repo, sha, branch), "kwargsrepr": "{}",
+        "argsrepr": args_repr(repo, sha, branch, chunk), "kwargsrepr": "{}",
         "origin": f"gen{os.getpid()}@{os.uname().nodename}", "ignore_result": None,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }  # fmt: skip

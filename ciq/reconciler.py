@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from .dispatch import RedisSender
+from .sharding import Shards
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -22,8 +23,9 @@ logger = logging.getLogger(__name__)
 UNSENT_AFTER = 30.0
 
 
-def reconcile(store: Store, send: RedisSender, unsent_after: float = UNSENT_AFTER) -> int:
-    """One pass; returns how many commits it handed back to the queue."""
+def reconcile(store: Store, send: RedisSender, unsent_after: float = UNSENT_AFTER,
+              shards: Shards | None = None) -> int:
+    """One pass; returns how many commits (and chunks) it handed back to the queue."""
     for _repo, sha, _branch in store.release_orphans():
         logger.warning("reconciler: the run of %s died; enqueueing it again", sha[:12])
     count = 0
@@ -32,4 +34,6 @@ def reconcile(store: Store, send: RedisSender, unsent_after: float = UNSENT_AFTE
         send(repo, sha, branch, store.queue_for(repo))  # where the operator routes it now
         store.mark_sent(repo, sha)
         count += 1
+    if shards is not None:
+        count += shards.reconcile(send.chunk)
     return count

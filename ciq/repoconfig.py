@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .settings import NOTIFY_ON, email_problem, webhook_problem
 
 #: What each key holds; `url` and `branches` only make sense in the operator's file.
 _KINDS: dict[str, str] = {
@@ -29,7 +30,71 @@ _KINDS: dict[str, str] = {
     "extras": "a list of extra names (may be empty)",
     "install": "true or false",
     "queue": "a plain name like \"heavy\" (letters, digits, - and _)",
+    "notify": "a table with webhook, secret, email, on",
+    "shard": "\"auto\", \"always\" or \"never\" (or true / false)",
+    "fail_fast": "true or false",
 }
+
+#: Keys of a ``notify`` table and what each holds.
+_NOTIFY_KINDS: dict[str, str] = {
+    "webhook": "an http:// or https:// URL with a host",
+    "secret": "a non-empty string",
+    "email": "a list of addresses like \"dev@example.org\"",
+    "on": " or ".join(f'"{o}"' for o in NOTIFY_ON),
+}
+
+
+@dataclass(frozen=True)
+class Notify:
+    """Where a repository's notifications go besides the global targets (CIQ_WEBHOOK_URL,
+    CIQ_NOTIFY_EMAIL), and when (``on``: over CIQ_NOTIFY_ON). The operator's file only: a
+    commit choosing where its reports are sent could aim the workers at any URL or mail
+    anyone, and a commit must never see the webhook's secret."""
+
+    webhook: str | None = field(default=None, repr=False)  # may hold a token
+    #: Key of X-Ciq-Signature for ``webhook``; None: CIQ_WEBHOOK_SECRET.
+    secret: str | None = field(default=None, repr=False)
+    email: tuple[str, ...] = ()
+    on: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], source: str) -> Notify:
+        for key, value in data.items():
+            if key not in _NOTIFY_KINDS:
+                known = ", ".join(sorted(_NOTIFY_KINDS))
+                raise ConfigError(f"{source}: unknown key 'notify.{key}' (known: {known})")
+            if not _valid_notify(key, value):
+                # Neither a secret nor a webhook URL (chat webhooks hold a token) is shown.
+                shown = "" if key in ("secret", "webhook") else f", not {value!r}"
+                raise ConfigError(f"{source}: 'notify.{key}' must be {_NOTIFY_KINDS[key]}"
+                                  f"{shown}")
+        return cls(webhook=data.get("webhook"), secret=data.get("secret"),
+                   email=tuple(data.get("email", ())), on=data.get("on"))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.webhook:
+            out["webhook"] = self.webhook
+        if self.secret:
+            out["secret"] = self.secret
+        if self.email:
+            out["email"] = list(self.email)
+        if self.on:
+            out["on"] = self.on
+        return out
+
+
+def _valid_notify(key: str, value: Any) -> bool:
+    if key == "webhook":
+        return isinstance(value, str) and webhook_problem(value) is None
+    if key == "secret":
+        return isinstance(value, str) and bool(value)
+    if key == "email":
+        return isinstance(value, list) and all(
+            isinstance(v, str) and email_problem(v) is None for v in value)
+    if key == "on":
+        return value in NOTIFY_ON
+    return False
 
 
 def _valid(key: str, value: Any) -> bool:
@@ -50,8 +115,12 @@ def _valid(key: str, value: Any) -> bool:
     if key == "queue":
         return isinstance(value, str) and bool(value) and value.replace("-", "").replace(
             "_", "").isalnum()
-    if key == "install":
+    if key in ("install", "fail_fast"):
         return isinstance(value, bool)
+    if key == "shard":
+        return isinstance(value, bool) or value in ("auto", "always", "never")
+    if key == "notify":  # its keys are checked one by one in Notify.parse
+        return isinstance(value, dict)
     if key == "timeout":
         return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
     return False
@@ -80,15 +149,27 @@ class RepoConfig:
     #: Broker queue of this repository's runs (the operator's file only: a commit's own
     #: settings are read after its run was queued); None: CIQ_QUEUE.
     queue: str | None = None
+    #: Notification targets and policy of this repository (the operator's file only).
+    notify: Notify | None = None
+    #: Split the suite over the workers (ciq.sharding): auto, always, never; None:
+    #: CIQ_SHARD.
+    shard: str | None = None
+    #: A sharded run reports `failed` at its first failing chunk; the rest do not run.
+    fail_fast: bool | None = None
 
     @classmethod
-    def parse(cls, data: Any, source: str) -> RepoConfig:
+    def parse(cls, data: Any, source: str, from_commit: bool = False) -> RepoConfig:
+        """``from_commit``: the settings come from the commit under test, which may not
+        say where notifications go (see :class:`Notify`)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: ciq settings must be a table")
         for key, value in data.items():
             if key not in _KINDS:
                 known = ", ".join(sorted(_KINDS))
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {known})")
+            if key == "notify" and from_commit:
+                raise ConfigError(f"{source}: 'notify' may be set only in the operator's "
+                                  "settings file ([repo.notify] of its [[repo]] entry)")
             if not _valid(key, value):
                 raise ConfigError(f"{source}: {key!r} must be {_KINDS[key]}, not {value!r}")
         return cls(
@@ -104,6 +185,9 @@ class RepoConfig:
             extras=tuple(data["extras"]) if "extras" in data else None,
             install=data.get("install"),
             queue=data.get("queue"),
+            notify=Notify.parse(data["notify"], source) if "notify" in data else None,
+            shard=_shard_mode(data["shard"]) if "shard" in data else None,
+            fail_fast=data.get("fail_fast"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +215,12 @@ class RepoConfig:
             out["install"] = self.install
         if self.queue:
             out["queue"] = self.queue
+        if self.notify is not None:
+            out["notify"] = self.notify.to_dict()
+        if self.shard is not None:
+            out["shard"] = self.shard
+        if self.fail_fast is not None:
+            out["fail_fast"] = self.fail_fast
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -150,7 +240,16 @@ class RepoConfig:
             extras=self.extras if self.extras is not None else base.extras,
             install=self.install if self.install is not None else base.install,
             queue=base.queue or self.queue,
+            notify=base.notify or self.notify,
+            shard=self.shard or base.shard,
+            fail_fast=self.fail_fast if self.fail_fast is not None else base.fail_fast,
         )
+
+
+def _shard_mode(value: bool | str) -> str:
+    if isinstance(value, bool):
+        return "always" if value else "never"
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -186,10 +285,10 @@ def from_checkout(root: Path) -> RepoConfig | None:
     """The commit's own settings: ``ciq.toml``, else ``[tool.ciq]`` of pyproject.toml."""
     own = root / "ciq.toml"
     if own.is_file():
-        return RepoConfig.parse(_read_toml(own), "ciq.toml")
+        return RepoConfig.parse(_read_toml(own), "ciq.toml", from_commit=True)
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
         tool = _read_toml(pyproject).get("tool", {})
         if isinstance(tool, dict) and "ciq" in tool:
-            return RepoConfig.parse(tool["ciq"], "pyproject.toml [tool.ciq]")
+            return RepoConfig.parse(tool["ciq"], "pyproject.toml [tool.ciq]", from_commit=True)
     return None

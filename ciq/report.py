@@ -81,6 +81,12 @@ class Report:
     #: The run's environment: "key" (hash of the dependency files, setup steps and
     #: Python), "cache_hit", "python" (version) and, when built now, "build_seconds".
     environment: dict[str, Any] = field(default_factory=dict)
+    #: A sharded run's chunks (see ciq.shards): "count", "chunks" (index, tests, status,
+    #: worker, seconds, attempts each) and "imbalance" (longest chunk ÷ mean); empty when
+    #: the commit ran in one piece.
+    shards: dict[str, Any] = field(default_factory=dict)
+    #: Tests that never ran because the run stopped early (fail fast).
+    not_run: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -89,6 +95,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["tests"] = [dataclasses.asdict(t) for t in self.tests]
+        data["not_run"] = list(self.not_run)
         return data
 
     @classmethod
@@ -97,6 +104,7 @@ class Report:
         values = {k: v for k, v in data.items() if k in known}
         values["summary"] = Summary(**data.get("summary", {}))
         values["tests"] = tuple(TestResult.from_dict(t) for t in data.get("tests", ()))
+        values["not_run"] = tuple(str(i) for i in data.get("not_run", ()))
         return cls(**values)
 
     def replace(self, **changes: Any) -> Report:

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 from . import sandbox
 from .environments import (
@@ -77,6 +77,21 @@ class RunPlan:
     #: Cache of virtual environments on this host (see ciq.environments); None: DATA/envs.
     env_root: Path | None = None
     env_cache_size: int = 10
+    #: The test ids to run (one chunk of a sharded commit); None: the whole suite.
+    only: tuple[str, ...] | None = None
+
+
+class Sharding(Protocol):
+    """How a run may split its suite (see ciq.sharding): asked once the environment is
+    ready, only for the default pytest command."""
+
+    def wanted(self, config: RepoConfig | None) -> bool:
+        """Whether to collect the tests and consider sharding (collecting costs a
+        pytest start, so this is decided first, from what is known)."""
+
+    def split(self, ids: list[str], head: Report) -> list[str] | None:
+        """Plan chunks of ``ids``; the ids this run goes on to run (its own chunk), or
+        None to run them all here."""
 
 
 class OutputTail:
@@ -124,9 +139,11 @@ def default_tests(checkout: Path) -> list[str]:
     return [d for d in ("tests", "test") if (checkout / d).is_dir()][:1]
 
 
-def default_command(junit_path: Path, checkout: Path, python: str) -> list[str]:
+def default_command(junit_path: Path, checkout: Path, python: str,
+                    targets: list[str] | None = None) -> list[str]:
+    """pytest on ``targets`` (test ids; default: :func:`default_tests`), writing JUnit."""
     return [
-        python, "-m", "pytest", *default_tests(checkout),
+        python, "-m", "pytest", *(default_tests(checkout) if targets is None else targets),
         f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",
     ]  # fmt: skip
 
@@ -328,8 +345,11 @@ def _status(done: Completed, tests_found: bool, junit_error: str | None, summary
     )
 
 
-def run_commit(plan: RunPlan) -> Report:
+def run_commit(plan: RunPlan, sharding: Sharding | None = None) -> Report:
     """Check the commit out into a fresh worktree, run its tests, and report.
+
+    With ``sharding``, a suite run with the default command may be split: the report is
+    then that of this run's own chunk (the caller stores it as a chunk result).
 
     The caller calls :func:`clean_up` afterwards (this function does only on errors).
     """
@@ -414,8 +434,19 @@ def run_commit(plan: RunPlan) -> Report:
             env["VIRTUAL_ENV"] = str(overlay)
             env["PATH"] = os.pathsep.join(
                 [str(overlay / "bin"), str(entry.path / "bin"), env.get("PATH", "")])
+            only = plan.only
+            if only is None and sharding is not None and not test and sharding.wanted(config):
+                collect0 = time.monotonic()
+                ids = _collect(plan, worktree, run_dir, env, user, overlay, t0 + time_limit)
+                timings["collect"] = round(time.monotonic() - collect0, 3)
+                if ids and len(ids) >= 2:
+                    shown = shlex.join(["python", "-m", "pytest", *default_tests(worktree)])
+                    head = finish("passed", command=shown, environment=environment,
+                                  timings=dict(timings))
+                    mine = sharding.split(ids, head)
+                    only = tuple(mine) if mine is not None else None
             return _run_tests(plan, finish, worktree, run_dir, env, user, test, junit_path,
-                              overlay, t0 + time_limit, timings, environment)
+                              overlay, t0 + time_limit, timings, environment, only)
         finally:
             entry.release()
     except BaseException:
@@ -507,9 +538,10 @@ def _run_tests(
     plan: RunPlan, finish: Callable[..., Report], worktree: Path, run_dir: Path,
     env: dict[str, str], user: tuple[int, int] | None, test: str | None, junit_path: Path,
     overlay: Path, deadline: float, timings: dict[str, float],
-    environment: dict[str, object],
+    environment: dict[str, object], only: tuple[str, ...] | None = None,
 ) -> Report:
-    """Run the test command in the run's environment and make the report of it."""
+    """Run the test command in the run's environment and make the report of it; with
+    ``only``, pytest runs just those test ids (a chunk of a sharded commit)."""
     if test:
         cmd = ["/bin/sh", "-c", test]
         shown = test
@@ -519,11 +551,12 @@ def _run_tests(
         env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
                                  + env.get("PYTEST_ADDOPTS", "")).strip()
     else:
-        cmd = default_command(junit_path, worktree, str(overlay / "bin" / "python"))
+        cmd = default_command(junit_path, worktree, str(overlay / "bin" / "python"),
+                              list(only) if only is not None else None)
         shown = shlex.join(["python", "-m", "pytest", *default_tests(worktree)])
-        if (worktree / "src").is_dir():  # a src/ layout imports from the checkout
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
+        if only is not None:
+            shown = f"{shown} ({len(only)} tests of a sharded run)"
+        _src_on_path(worktree, env)
     done = run_sandboxed(
         cmd, worktree, env, max(deadline - time.monotonic(), 1), plan.output_limit,
         run_dir / "pgid", plan.min_free_bytes, user,
@@ -542,6 +575,33 @@ def _run_tests(
         status, message, summary=summary, tests=tuple(tests), output=done.output,
         command=shown, exit_code=done.exit_code, timings=timings, environment=environment,
     )  # fmt: skip
+
+
+def _src_on_path(worktree: Path, env: dict[str, str]) -> None:
+    if (worktree / "src").is_dir():  # a src/ layout imports from the checkout
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
+
+
+def _collect(plan: RunPlan, worktree: Path, run_dir: Path, env: dict[str, str],
+             user: tuple[int, int] | None, overlay: Path, deadline: float) -> list[str] | None:
+    """The test ids pytest collects with the default command, or None when collection
+    fails (the unsharded run that follows then reports why)."""
+    env = dict(env)
+    _src_on_path(worktree, env)
+    cmd = [str(overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
+           "-p", "no:cacheprovider", *default_tests(worktree)]
+    done = run_sandboxed(cmd, worktree, env, max(deadline - time.monotonic(), 1),
+                         plan.output_limit, run_dir / "pgid", plan.min_free_bytes, user)
+    if done.exit_code != 0 or done.timed_out:
+        return None
+    ids = []
+    for line in done.output.splitlines():
+        if not line.strip():
+            break  # then the summary ("N tests collected") and any warnings
+        if "::" in line and not line[0].isspace():
+            ids.append(line.strip())
+    return ids
 
 
 def clean_up(plan: RunPlan) -> None:

@@ -19,6 +19,10 @@ DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_CELERY_CONFIG = "worker_config.celeryconfig"
 #: Port of a Sentinel given without one (Redis's own default for sentinels).
 SENTINEL_PORT = 26379
+#: When a branch's report is worth a notification (CIQ_NOTIFY_ON, a repository's
+#: ``notify.on``): when it goes from passed to not (``broken``) and back (``fixed``);
+#: also every non-passed report (``failure``); every report (``always``); never.
+NOTIFY_ON = ("change", "failure", "always", "never")
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -81,6 +85,63 @@ class SentinelURL:
         )  # fmt: skip
 
 
+def webhook_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a webhook (None if it can): an http(s) URL with a host."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "is not an http:// or https:// URL with a host"
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "has a bad port"
+    return None
+
+
+def email_problem(address: str) -> str | None:
+    """Why ``address`` cannot be a recipient (None if it can): one plain user@domain."""
+    local, at, domain = address.partition("@")
+    if not (at and local and domain.strip(".")) or any(
+            c in address for c in " \t\r\n,;<>\"") or address.count("@") != 1:
+        return "is not an address like dev@example.org"
+    return None
+
+
+@dataclass(frozen=True)
+class SmtpURL:
+    """Where notification mail goes, as one URL:
+
+        smtp://[USER:PASSWORD@]HOST[:PORT]            plain (port 25), e.g. a local relay
+        smtp+starttls://USER:PASSWORD@HOST[:PORT]     STARTTLS (port 587)
+        smtps://USER:PASSWORD@HOST[:PORT]             TLS from the start (port 465)
+
+    The user and password are percent-decoded (``%40`` for an ``@`` in a user name).
+    """
+
+    scheme: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+
+    @classmethod
+    def parse(cls, url: str) -> SmtpURL:
+        parts = urlsplit(url)
+        if parts.scheme not in cls.PORTS or not parts.hostname:
+            raise ConfigError("is not of the form smtp://HOST[:PORT], "
+                              "smtp+starttls://USER:PASSWORD@HOST[:PORT] or smtps://...")
+        try:
+            port = parts.port or cls.PORTS[parts.scheme]
+        except ValueError:
+            raise ConfigError("has a bad port") from None
+        return cls(
+            scheme=parts.scheme, host=parts.hostname, port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+        )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Settings:
     #: Celery broker (Redis).
@@ -118,6 +179,32 @@ class Settings:
     #: The Celery configuration module (import path) workers load, e.g.
     #: ``worker_config.production``; values derived from the settings above win over it.
     celery_config: str = DEFAULT_CELERY_CONFIG
+    #: Sharding one commit's suite over the workers (ciq.sharding): "auto" (when two
+    #: worker processes or more take the queue and the suite took shard_min_seconds or
+    #: more last time), "always" or "never". A repository's `shard` setting wins.
+    shard: str = "auto"
+    #: Seconds of tests (the last report's) from which "auto" shards a suite.
+    shard_min_seconds: float = 60.0
+    #: Seconds of tests below which a chunk is not worth its own checkout.
+    shard_min_chunk: float = 2.0
+    #: Notifications (ciq.notify): a URL that gets a JSON POST per notification; None: none.
+    #: Kept out of reprs: chat webhooks carry their token in the URL.
+    webhook_url: str | None = field(default=None, repr=False)
+    #: Key of the webhook's X-Ciq-Signature (HMAC-SHA256 of the body); None: unsigned.
+    webhook_secret: str | None = field(default=None, repr=False)
+    #: Addresses (comma-separated) that get a mail per notification; needs smtp_url.
+    notify_email: str | None = None
+    #: The SMTP server of notification mail (see :class:`SmtpURL`).
+    smtp_url: str | None = field(default=None, repr=False)
+    #: Sender of notification mail; None: ciq@<this host's name>.
+    mail_from: str | None = None
+    #: Which reports of a branch notify (one of NOTIFY_ON); a repository may say otherwise.
+    notify_on: str = "change"
+    #: Address of `ciq web` as people reach it, e.g. https://ci.example.org: notifications
+    #: then link to the commit's page.
+    web_url: str | None = None
+    #: Seconds one webhook call or SMTP conversation may take before it is retried later.
+    notify_timeout: float = 10.0
 
     #: Environment variable for each field, in one place.
     ENV = {
@@ -136,10 +223,21 @@ class Settings:
         "env_dir": "CIQ_ENV_DIR",
         "env_cache_size": "CIQ_ENV_CACHE_SIZE",
         "celery_config": "CIQ_CELERY_CONFIG",
+        "shard": "CIQ_SHARD",
+        "shard_min_seconds": "CIQ_SHARD_MIN_SECONDS",
+        "shard_min_chunk": "CIQ_SHARD_MIN_CHUNK",
+        "webhook_url": "CIQ_WEBHOOK_URL",
+        "webhook_secret": "CIQ_WEBHOOK_SECRET",
+        "notify_email": "CIQ_NOTIFY_EMAIL",
+        "smtp_url": "CIQ_SMTP_URL",
+        "mail_from": "CIQ_MAIL_FROM",
+        "notify_on": "CIQ_NOTIFY_ON",
+        "web_url": "CIQ_WEB_URL",
+        "notify_timeout": "CIQ_NOTIFY_TIMEOUT",
     }
 
     def __post_init__(self) -> None:
-        for name in ("time_limit", "lease_ttl", "reconcile_interval"):
+        for name in ("time_limit", "lease_ttl", "reconcile_interval", "notify_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{self.ENV[name]} must be a positive number of seconds")
         if self.max_attempts < 1:
@@ -172,9 +270,46 @@ class Settings:
                     raise ConfigError(f"{self.ENV[name]}: {exc}") from None
         if not self.queue or not self.queue.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"{self.ENV['queue']} must be a plain name like 'ciq'")
+        if self.shard not in ("auto", "always", "never"):
+            raise ConfigError(f"{self.ENV['shard']} must be auto, always or never")
+        if self.shard_min_seconds < 0 or self.shard_min_chunk <= 0:
+            raise ConfigError(f"{self.ENV['shard_min_seconds']} must be 0 or more and "
+                              f"{self.ENV['shard_min_chunk']} more than 0 (seconds)")
         if not all(part.isidentifier() for part in self.celery_config.split(".")):
             raise ConfigError(f"{self.ENV['celery_config']}={self.celery_config!r} is not a "
                               "module path like worker_config.production")
+        self._check_notifications()
+
+    def _check_notifications(self) -> None:
+        env = self.ENV
+        if self.notify_on not in NOTIFY_ON:
+            raise ConfigError(f"{env['notify_on']}={self.notify_on!r} must be one of "
+                              f"{', '.join(NOTIFY_ON)}")
+        for name in ("webhook_url", "web_url"):
+            url = getattr(self, name)
+            problem = url and webhook_problem(url)
+            if problem:  # the value itself stays out: a webhook URL may hold a token
+                raise ConfigError(f"{env[name]} {problem}")
+        if self.smtp_url:
+            try:
+                SmtpURL.parse(self.smtp_url)
+            except ConfigError as exc:
+                raise ConfigError(f"{env['smtp_url']} {exc}") from None
+        for address in self.notify_emails:
+            problem = email_problem(address)
+            if problem:
+                raise ConfigError(f"{env['notify_email']}: {address!r} {problem}")
+        if self.notify_emails and not self.smtp_url:
+            raise ConfigError(f"{env['notify_email']} needs {env['smtp_url']}: the SMTP "
+                              "server to send the mail through, e.g. smtp://127.0.0.1:25")
+        if self.mail_from and email_problem(self.mail_from):
+            raise ConfigError(f"{env['mail_from']}={self.mail_from!r} "
+                              f"{email_problem(self.mail_from)}")
+
+    @property
+    def notify_emails(self) -> tuple[str, ...]:
+        """The addresses of CIQ_NOTIFY_EMAIL."""
+        return tuple(a.strip() for a in (self.notify_email or "").split(",") if a.strip())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -17,14 +17,26 @@ Keys (``rid`` is :func:`repo_id`, ``member`` is ``"<rid>:<sha>"``):
 ``ciq:started``                set     members that took a lease and have no report yet
 ``ciq:unsent``                 zset    members claimed but not yet handed to the broker
 ``ciq:position:<rid>``         hash    branch → last SHA the observer handled
-``ciq:repo-config``            hash    rid → the operator's settings (JSON)
+``ciq:repo-config``            hash    rid → the operator's settings (JSON; may hold the
+                                       secret of a [repo.notify] webhook)
 ``celery-task-meta-<task id>`` string  the final report (Celery result meta, no expiry)
+``ciq:branch-state:<rid>``     hash    branch → its newest report: {status, commit,
+                                       score (the commit's index score), finished_at}
+``ciq:notify:events``          hash    event id → notification event (JSON, no secrets)
+``ciq:notify:due``             zset    event id scored by when to deliver it (ms)
+``ciq:notify:inflight``        zset    event id scored by the deadline of its claim (ms)
+``ciq:notify:progress``        hash    event id → {tries, sent: targets done, error}
+``ciq:notify:dead``            list    events given up on (JSON), newest first, capped
 =============================  ======  ==================================================
+
+Notifications (:mod:`ciq.notify`, :mod:`ciq.delivery`) are decided by the same script
+that writes the final report, so each report of a branch makes at most one event.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +55,7 @@ from .keys import (
     summary_fields,
     task_id,
 )
+from .notify import BRANCH_STATE, DUE, EVENTS, event_of
 from .report import Report, utcnow
 from .settings import SentinelURL
 
@@ -58,25 +71,65 @@ redis.call('HSET', KEYS[3], 'run_id', ARGV[1], 'worker', ARGV[4], 'started_at', 
 return redis.call('HINCRBY', KEYS[3], 'attempts', 1)
 """
 
-_RENEW = """
+#: Renews a lease (KEYS[1]) for ARGV[2] ms only while run ARGV[1] holds it.
+RENEW_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
 
-_RELEASE = """
+#: Deletes a lease (KEYS[1]) only while run ARGV[1] holds it.
+RELEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# KEYS: report, commit, started. ARGV: meta json, member, status, summary fields (a
-# flat json list). The summary goes into the commit's hash too, so that listing history
-# never reads whole reports.
+# KEYS: report, commit, started, index, branch state, events, due. ARGV: meta json,
+# member, status, summary fields (a flat json list), branch, sha, event id, event json,
+# due (ms), score of a commit missing from the index (now, µs), finished_at. The summary
+# goes into the commit's hash too, so that listing history never reads whole reports.
+#
+# A report on a branch then moves the branch's state and makes a notification event
+# (ciq.notify.KINDS: broken, still-failing, fixed, passed) in the same atomic step, so a
+# report stored once is an event made once. A report of a commit seen before the one the
+# branch's state comes from (its index score is lower: an older commit that finished
+# late, e.g. rerun after its worker died) changes neither: it is old news, and would
+# otherwise flip the branch back. Which events are sent, and where, is decided when
+# they are delivered (the `on` setting and the targets, read then).
 _FINISH = """
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
 redis.call('SREM', KEYS[3], ARGV[2])
+if ARGV[5] == '' then return 1 end
+local score = redis.call('ZSCORE', KEYS[4], ARGV[6]) or ARGV[10]
+local raw = redis.call('HGET', KEYS[5], ARGV[5])
+local prev = false
+if raw then  -- a damaged state must not fail the script: the report is written already
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then prev = decoded end
+end
+if prev and (tonumber(prev.score) or 0) > tonumber(score) then return 1 end
+redis.call('HSET', KEYS[5], ARGV[5], cjson.encode(
+  {status = ARGV[3], commit = ARGV[6], score = score, finished_at = ARGV[11]}))
+local was_red = prev and prev.status ~= 'passed'
+local kind
+if ARGV[3] == 'passed' then
+  kind = was_red and 'fixed' or 'passed'
+else
+  kind = was_red and 'still-failing' or 'broken'
+end
+local previous = 'null'
+if prev then
+  previous = cjson.encode({status = prev.status, commit = prev.commit,
+                           finished_at = prev.finished_at})
+end
+local meta = redis.call('HMGET', KEYS[2], 'subject', 'author')
+local event = string.sub(ARGV[8], 1, -2) .. ',"kind":' .. cjson.encode(kind)
+  .. ',"previous":' .. previous .. ',"subject":' .. cjson.encode(meta[1] or '')
+  .. ',"author":' .. cjson.encode(meta[2] or '') .. '}'
+redis.call('HSET', KEYS[6], ARGV[7], event)
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[7])
 return 1
 """
 
@@ -126,8 +179,8 @@ class Store:
         self.client: Any = client
         self._claim = client.register_script(CLAIM_SCRIPT)
         self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(RENEW_SCRIPT)
+        self._release = client.register_script(RELEASE_SCRIPT)
         self._finish = client.register_script(_FINISH)
         self._orphan = client.register_script(_ORPHAN)
 
@@ -214,8 +267,14 @@ class Store:
         return self.client.get(self._lease_key(repo_id(repo), sha))
 
     def finish(self, report: Report) -> bool:
-        """Store the final report unless one exists. True if this call wrote it."""
+        """Store the final report unless one exists. True if this call wrote it.
+
+        A report on a branch also moves the branch's state and queues a notification
+        event, in the same atomic step (see ``_FINISH``).
+        """
         rid = repo_id(report.repo)
+        # Time first: events due in the same millisecond are then claimed in order.
+        event_id = f"{now_us():014x}{uuid.uuid4().hex[:18]}"
         tid = task_id(report.repo, report.commit)
         meta: dict[str, Any] = {
             "status": "SUCCESS",
@@ -231,11 +290,22 @@ class Store:
                     self.report_key(report.repo, report.commit),
                     self._commit_key(rid, report.commit),
                     "ciq:started",
+                    f"ciq:index:{rid}",
+                    BRANCH_STATE + rid,
+                    EVENTS,
+                    DUE,
                 ],
                 args=[json.dumps(meta), f"{rid}:{report.commit}", report.status,
-                      json.dumps(summary_fields(report))],
+                      json.dumps(summary_fields(report)), report.branch or "",
+                      report.commit, event_id, json.dumps(event_of(report, event_id)),
+                      now_us() // 1000, now_us(), report.finished_at or ""],
             )
         )
+
+    def branch_state(self, repo: str) -> dict[str, dict[str, str]]:
+        """Each branch's newest report: {status, commit, score, finished_at}."""
+        raw = self.client.hgetall(BRANCH_STATE + repo_id(repo))
+        return {branch: json.loads(value) for branch, value in raw.items()}
 
     def release_orphans(self) -> list[tuple[str, str, str | None]]:
         """Move started commits with no report and no live lease (their run died) to the

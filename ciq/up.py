@@ -59,9 +59,10 @@ def _port_free(port: int) -> bool:
         return True
 
 
-def _free_port() -> int:
-    if _port_free(PREFERRED_PORT):
-        return PREFERRED_PORT
+def _free_port(preferred: int = PREFERRED_PORT) -> int:
+    """``preferred`` when it is free, else any free port of 127.0.0.1."""
+    if _port_free(preferred):
+        return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -124,6 +125,28 @@ def worker_process(settings: Settings, log: Path, concurrency: int) -> Iterator[
         stop_process(proc, grace=20.0)
 
 
+#: Port tried first for the web UI (`ciq web`'s default); another free one if taken.
+WEB_PORT = 8080
+
+
+@contextmanager
+def web_process(settings: Settings, log: Path) -> Iterator[str]:
+    """`ciq web` on 127.0.0.1, reading the Redis used here; yields its URL."""
+    port = _free_port(WEB_PORT)
+    env = dict(os.environ)
+    env.update(CIQ_BROKER_URL=settings.broker_url, CIQ_RESULT_BACKEND=settings.result_backend,
+               CIQ_DATA_DIR=str(settings.data_dir))
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ciq", "web", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        stop_process(proc, grace=10.0)
+
+
 def sample_repo(data_dir: Path) -> Path:
     """A small git repository with one commit, made once under the data folder."""
     path = data_dir / "sample"
@@ -172,8 +195,11 @@ def up(settings: Settings, repo: str | None, once: bool, interval: float, concur
         if target is not None:
             _install_hook(target, settings, echo)
         log = settings.data_dir / "logs" / "worker.log"
-        with worker_process(settings, log, concurrency):
+        web = nullcontext("") if once else web_process(settings, log.with_name("web.log"))
+        with worker_process(settings, log, concurrency), web as web_url:
             echo(f"ciq: worker started (log: {log})")
+            if web_url:
+                echo(f"ciq: reports on the web at {web_url} (log: {log.with_name('web.log')})")
             store = Store.from_url(settings.result_backend)
             observer = Observer([Watch(name)], store, Dispatcher.for_settings(settings, store),
                                 settings.data_dir)

@@ -126,6 +126,47 @@ def test_status_table_and_json(settings: Settings, reported: tuple[str, str]) ->
     assert rows[0]["commit"] == sha and rows[0]["summary"]["failed"] == 1
 
 
+def on_a_terminal(settings: Settings, *args: str) -> str:
+    """What `ciq ARGS` prints to a real terminal (a pseudo-terminal), as it would there."""
+    import pty
+    import subprocess
+    import sys
+
+    from .conftest import ciq_env
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "ciq", *args], env=ciq_env(settings),
+                                stdout=follower, stderr=follower, close_fds=True)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) in (0, 1)
+    finally:
+        os.close(leader)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_a_terminal_gets_colour_and_a_pipe_plain_text(settings: Settings, reported) -> None:
+    repo, sha = reported
+    table = on_a_terminal(settings, "status", repo)
+    assert "\x1b[31mfailed" in table  # the status in red
+    assert "\x1b[31mred" not in table  # but not the commit's own escape sequence
+    text = on_a_terminal(settings, "report", repo, sha)
+    assert "\x1b[31m\x1b[1mFAILED\x1b[0m" in text and "evil title" in text
+    assert "\x1b]0;" not in text
+    piped = run_ciq(settings, "status", repo).stdout + run_ciq(settings, "report", repo,
+                                                                sha).stdout
+    assert "\x1b" not in piped
+
+
 def test_report_text_shows_the_failure_first(settings: Settings, reported) -> None:
     repo, sha = reported
     done = run_ciq(settings, "report", repo, sha[:7])
@@ -216,3 +257,38 @@ def test_up_once_runs_the_sample_and_stops_everything(settings: Settings, tmp_pa
     assert_one_line_error(subprocess.run([sys.executable, "-m", "ciq", "up", str(tmp_path)],
                                          env=env, capture_output=True, text=True, timeout=60),
                           "not a git repository")
+
+
+@pytest.mark.slow
+def test_up_serves_the_web_ui_until_ctrl_c(settings: Settings, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ciq.processes import stop_process
+
+    from .conftest import ciq_env, wait_for
+
+    env = {k: v for k, v in ciq_env(settings).items()
+           if k not in ("CIQ_BROKER_URL", "CIQ_RESULT_BACKEND")}
+    env["CIQ_DATA_DIR"] = str(tmp_path / "up")
+    log = tmp_path / "up.out"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "ciq", "up"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # The sample's report lands, and the web UI it names shows it
+        wait_for(lambda: "PASSED" in log.read_text(), 120, "the sample's report")
+        url = log.read_text().split("reports on the web at ", 1)[1].split()[0]
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as page:
+            html = page.read().decode()
+        assert "sample" in html and "passed" in html
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        stop_process(proc)
+    # And the web server went with it
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)

@@ -163,15 +163,7 @@ def test_every_unit_runs_as_ciq_from_the_env_file_and_restarts_on_failure(unit: 
     assert "WantedBy" in parse_unit(unit)["Install"]
 
 
-_NOT_YET = pytest.mark.xfail(
-    strict=True, reason="`ciq web` comes with a later issue; drop this mark then")
-EXEC_START_CASES = [
-    pytest.param(u, id=u.name, marks=[_NOT_YET] if u.name == "ciq-web.service" else [])
-    for u in UNITS
-]
-
-
-@pytest.mark.parametrize("unit", EXEC_START_CASES)
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_every_exec_start_is_a_real_command_of_this_package(unit: Path, tmp_path: Path):
     # The command line exactly as written (options included: click refuses an unknown
     # one before --help answers), with the example env file's settings.

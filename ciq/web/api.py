@@ -1,0 +1,215 @@
+"""The JSON API under /api: what the pages show, for scripts and for the pages' own
+live updates. Documented by the OpenAPI schema at /openapi.json (and the page /api)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
+
+from .filters import path as url_path
+from .history import history
+from .queries import PAGE_SIZE, Branch, Queries
+
+#: Most commits one API page returns.
+MAX_LIMIT = 200
+#: Reported commits a test history shows when not told.
+HISTORY_DEFAULT = 20
+
+
+def get_queries(request: Request) -> Queries:
+    queries: Queries = request.app.state.queries
+    return queries
+
+
+Reads = Annotated[Queries, Depends(get_queries)]
+RepoId = Annotated[str, Path(description="The repository's id (16 hex digits), as listed "
+                                         "by /api/repos.")]
+Sha = Annotated[str, Path(description="The commit's SHA or a unique prefix of it "
+                                      "(4 hex digits or more).")]
+BranchQuery = Annotated[str | None, Query(description="Only commits of this branch.")]
+
+
+class Error(BaseModel):
+    detail: str = Field(description="What went wrong, in one line.")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "A malformed SHA, page or parameter."},
+    404: {"model": Error, "description": "No such repository or commit."},
+    503: {"model": Error, "description": "Redis cannot be reached."},
+}
+
+router = APIRouter(prefix="/api", tags=["reports"], responses=ERRORS)
+
+
+class Summary(BaseModel):
+    total: int
+    passed: int
+    failed: int
+    errors: int
+    skipped: int
+
+
+class CommitRow(BaseModel):
+    """A commit as listings show it (no test details)."""
+
+    repo: str
+    commit: str
+    branch: str | None
+    status: str = Field(description="passed, failed, error, timeout; running or queued "
+                                    "while there is no report yet.")
+    subject: str
+    author: str
+    enqueued_at: str | None
+    summary: Summary | None = Field(description="Test counts, once reported.")
+    duration: float | None = Field(description="Seconds the run took, once reported.")
+    worker: str | None
+    attempts: int
+    started_at: str | None
+    finished_at: str | None
+
+
+class BranchOut(BaseModel):
+    name: str = Field(description="The branch ('' for commits enqueued without one).")
+    commits: int
+    head: CommitRow = Field(description="The newest commit of the branch.")
+    finished: CommitRow | None = Field(description="The newest commit with a report.")
+    badge: str = Field(description="Path of the branch's SVG badge.")
+
+
+class RepoOut(BaseModel):
+    id: str
+    repo: str
+    commits: int
+    branches: list[BranchOut] = Field(description="Most recently active first.")
+
+
+class CommitsPage(BaseModel):
+    id: str
+    repo: str
+    branch: str | None
+    total: int = Field(description="Commits in all (of the branch, when filtered).")
+    offset: int
+    limit: int
+    commits: list[CommitRow] = Field(description="Newest first.")
+
+
+class TestHistoryOut(BaseModel):
+    id: str
+    outcomes: list[str | None] = Field(description="One per commit, newest first; null "
+                                                   "where the test did not run.")
+    flaky: bool = Field(description="Flipped between passing and failing at least twice.")
+    newly_broken: bool = Field(description="Fails in the newest commit, passed in the "
+                                           "one before.")
+    failing: bool
+    flips: int
+
+
+class HistoryOut(BaseModel):
+    id: str
+    repo: str
+    branch: str | None
+    commits: list[CommitRow] = Field(description="Commits with a report, newest first.")
+    tests: list[TestHistoryOut] = Field(description="Newly broken first, then flaky, then "
+                                                    "failing, then the rest.")
+
+
+class BranchStatus(BaseModel):
+    id: str
+    repo: str
+    branch: str
+    status: str | None = Field(description="The newest report's status on the branch; "
+                                           "running or queued when none is finished yet; "
+                                           "null for an unknown branch.")
+    commit: str | None = Field(description="The commit the status is of.")
+    head: CommitRow | None = Field(description="The newest commit of the branch.")
+
+
+def badge_path(rid: str, branch: str) -> str:
+    return f"/badge/{rid}/{url_path(branch)}.svg"
+
+
+def branch_dict(rid: str, b: Branch) -> dict[str, Any]:
+    return {**b.to_dict(), "badge": badge_path(rid, b.name)}
+
+
+def repo_dict(q: Queries, rid: str, repo: str) -> dict[str, Any]:
+    return {"id": rid, "repo": repo, "commits": q.total(rid),
+            "branches": [branch_dict(rid, b) for b in q.branches(rid)]}
+
+
+def branch_status(q: Queries, rid: str, name: str) -> dict[str, Any]:
+    """What a branch's badge shows: its newest finished commit, else its newest one."""
+    found = q.branch(rid, name)
+    shown = (found.finished or found.head) if found else None
+    return {"id": rid, "repo": q.repo(rid), "branch": name,
+            "status": shown["status"] if shown else None,
+            "commit": shown["commit"] if shown else None,
+            "head": found.head if found else None}
+
+
+def offset_of(page: int | None, offset: int | None, limit: int) -> int:
+    """The offset a request asks for: ``offset`` if given, else that of ``page``."""
+    if offset is not None:
+        return offset
+    return ((page or 1) - 1) * limit
+
+
+@router.get("/repos", summary="Repositories", response_model=list[RepoOut])
+def repos(q: Reads) -> list[dict[str, Any]]:
+    """Every repository ciq has seen, with the newest commit of each branch."""
+    return [repo_dict(q, rid, repo) for rid, repo in q.repos().items()]
+
+
+@router.get("/repos/{rid}", summary="One repository", response_model=RepoOut)
+def repo(rid: RepoId, q: Reads) -> dict[str, Any]:
+    """A repository with the newest commit of each branch."""
+    return repo_dict(q, rid, q.repo(rid))
+
+
+@router.get("/repos/{rid}/commits", summary="A page of commits", response_model=CommitsPage)
+def commits(
+    rid: RepoId, q: Reads,
+    offset: Annotated[int | None, Query(ge=0, description="Commits to skip (newest first)."
+                                       )] = None,
+    page: Annotated[int | None, Query(ge=1, description="Page number (1 is the newest), "
+                                      "when no offset is given.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Commits per page.")
+                     ] = PAGE_SIZE,
+    branch: BranchQuery = None,
+) -> dict[str, Any]:
+    """A repository's commits, newest first, with their state and test counts."""
+    start = offset_of(page, offset, limit)
+    rows, total = q.commits(rid, start, limit, branch)
+    return {"id": rid, "repo": q.repo(rid), "branch": branch or None, "total": total,
+            "offset": start, "limit": limit, "commits": rows}
+
+
+@router.get("/repos/{rid}/commits/{sha}", summary="One commit's report")
+def commit(rid: RepoId, sha: Sha, q: Reads) -> dict[str, Any]:
+    """The commit's final report (as `ciq report --json`) with `"state": "finished"`; or,
+    while it has none, the commit with `"state"` (and `"status"`) `queued` or
+    `running`."""
+    return q.commit(rid, sha).to_dict()
+
+
+@router.get("/repos/{rid}/tests", summary="Per-test history", response_model=HistoryOut)
+def tests(
+    rid: RepoId, q: Reads,
+    n: Annotated[int, Query(ge=1, le=100, description="Reported commits to look at.")
+                 ] = HISTORY_DEFAULT,
+    branch: BranchQuery = None,
+) -> dict[str, Any]:
+    """Each test's outcome in the newest `n` commits that have a report, with flaky and
+    newly broken tests first."""
+    found = history(q.reported(rid, n, branch))
+    return {"id": rid, "repo": q.repo(rid), "branch": branch or None, **found.to_dict()}
+
+
+@router.get("/repos/{rid}/branches/{branch:path}", summary="A branch's status",
+            response_model=BranchStatus)
+def branch(rid: RepoId, branch: str, q: Reads) -> dict[str, Any]:
+    """The status a branch's badge shows (a branch name may contain `/`)."""
+    return branch_status(q, rid, branch)

@@ -1,0 +1,78 @@
+"""Per-test history: each test's outcome over a repository's last reported commits.
+
+A test is *flaky* when its outcome flips between passing and failing at least twice in
+the window (pass → fail → pass, or fail → pass → fail): once is a change, twice is a
+pattern. It is *newly broken* when it fails (or errors) in the newest commit and passed
+in the commit reported just before. Skipped and missing outcomes are not flips.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..report import Report
+
+#: Flips between passing and failing that make a test flaky.
+FLAKY_FLIPS = 2
+
+_BAD = ("failed", "error")
+
+
+@dataclass(frozen=True)
+class TestHistory:
+    id: str
+    #: One per commit of the window, newest first; None where the test did not run.
+    outcomes: tuple[str | None, ...]
+    flips: int
+    newly_broken: bool
+
+    __test__ = False  # not a pytest test class
+
+    @property
+    def flaky(self) -> bool:
+        return self.flips >= FLAKY_FLIPS
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.outcomes) and self.outcomes[0] in _BAD
+
+    @property
+    def ever_failed(self) -> bool:
+        return any(o in _BAD for o in self.outcomes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "outcomes": list(self.outcomes), "flaky": self.flaky,
+                "newly_broken": self.newly_broken, "failing": self.failing,
+                "flips": self.flips}
+
+
+@dataclass(frozen=True)
+class History:
+    #: Listing rows of the commits, newest first.
+    commits: tuple[dict[str, Any], ...]
+    #: Newly broken first, then flaky, then failing now, then failed in the window, then
+    #: the rest; by id within each.
+    tests: tuple[TestHistory, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"commits": list(self.commits), "tests": [t.to_dict() for t in self.tests]}
+
+
+def _flips(outcomes: tuple[str | None, ...]) -> int:
+    states = [o in _BAD for o in outcomes if o in ("passed", *_BAD)]
+    return sum(a != b for a, b in zip(states, states[1:], strict=False))
+
+
+def history(reported: list[tuple[dict[str, Any], Report]]) -> History:
+    """The history of every test in ``reported`` (rows and reports, newest first)."""
+    by_commit = [{t.id: t.outcome for t in report.tests} for _, report in reported]
+    ids = {test_id for outcomes in by_commit for test_id in outcomes}
+    tests = []
+    for test_id in ids:
+        outcomes = tuple(o.get(test_id) for o in by_commit)
+        newly = len(outcomes) > 1 and outcomes[0] in _BAD and outcomes[1] == "passed"
+        tests.append(TestHistory(test_id, outcomes, _flips(outcomes), newly))
+    tests.sort(key=lambda t: (not t.newly_broken, not t.flaky, not t.failing,
+                              not t.ever_failed, t.id))
+    return History(tuple(r for r, _ in reported), tuple(tests))

@@ -1,0 +1,159 @@
+"""Sharded runs end to end: real redis-server, real `celery -A ciq worker` processes, real
+git and real pytest, one commit's tests spread over several workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ciq.settings import Settings
+from ciq.sharding import SHARDED, Shards, durations_key
+from ciq.store import Store, repo_id
+
+from .conftest import run_ciq, wait_for, wait_report
+
+pytestmark = pytest.mark.slow
+
+
+def sleepy_suite(n: int, seconds: float, name: str = "test_s") -> dict[str, str]:
+    """``n`` test files of one test each sleeping ``seconds``, which say where they ran."""
+    body = ("import os, time\n\ndef test_{i}():\n    time.sleep({s})\n"
+            "    print('ran-on', os.getpid())\n")
+    return {f"tests/{name}{i}.py": body.format(i=i, s=seconds) for i in range(n)}
+
+
+def enqueue(settings: Settings, path: str) -> str:
+    done = run_ciq(settings, "enqueue", path)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_commit_is_split_over_two_workers_and_merged_into_one_report(
+    make_repo, worker, store: Store, settings: Settings
+):
+    # Given two workers and a repository that always shards its 8 tests of 0.5 s
+    repo = make_repo({**sleepy_suite(8, 0.5), "ciq.toml": 'shard = "always"\n'})
+    w1, w2 = worker("w1"), worker("w2")
+    wait_for(lambda: Shards(store, 2, 60, 1000).processes("ciq") >= 2, 10, "two workers")
+
+    # When the commit is enqueued
+    report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)))
+
+    # Then one passed report holds every test exactly once, run in several chunks on both
+    assert report.status == "passed", report.message
+    ids = [t.id for t in report.tests]
+    assert sorted(ids) == sorted(f"tests/test_s{i}.py::test_{i}" for i in range(8))
+    assert len(ids) == len(set(ids))
+    assert report.shards["count"] >= 2
+    chunks = report.shards["chunks"]
+    assert sum(c["tests"] for c in chunks) == 8
+    assert {c["worker"].split("@")[0] for c in chunks} == {"w1", "w2"}
+    assert report.shards["imbalance"] >= 1.0
+    assert "sharded" not in report.message
+    # And the plan is gone, the durations are kept for the next plan
+    assert not store.client.sismember(SHARDED, f"{repo_id(str(repo.path))}:{repo.head()}")
+    kept = store.client.hgetall(durations_key(repo_id(str(repo.path))))
+    assert len(kept) == 8 and all(float(v) >= 0.5 for v in kept.values())
+    # And `ciq report` says how it was split
+    shown = run_ciq(settings, "report", str(repo.path), repo.head()).stdout
+    assert f"sharded: {report.shards['count']} chunks" in shown
+    del w1, w2
+
+
+def test_a_failing_chunk_fails_the_commit_and_a_test_that_kills_pytest_is_an_error(
+    make_repo, worker, store: Store, settings: Settings
+):
+    files = {
+        **sleepy_suite(4, 0.2),
+        "tests/test_red.py": "def test_red():\n    assert 1 == 2, 'red on purpose'\n",
+        # pytest dies here without writing its JUnit XML: its chunk's tests vanish.
+        "tests/test_exit.py": "import os\n\ndef test_exit():\n    os._exit(0)\n",
+        "ciq.toml": 'shard = "always"\n',
+    }
+    repo = make_repo(files)
+    path = str(repo.path)
+    # As measured before: the two are the longest, each a chunk of its own.
+    store.client.hset(durations_key(repo_id(path)), mapping={
+        "tests/test_exit.py::test_exit": 10, "tests/test_red.py::test_red": 9})
+    worker("w1", concurrency=2)
+    report = wait_report(store, path, enqueue(settings, path))
+    assert report.shards["count"] >= 2
+    outcomes = {t.id: t.outcome for t in report.tests}
+    assert len(outcomes) == len(report.tests) == 6  # every test once, none dropped
+    assert outcomes["tests/test_red.py::test_red"] == "failed"
+    assert outcomes["tests/test_exit.py::test_exit"] == "error"
+    lost = next(t for t in report.tests if t.id == "tests/test_exit.py::test_exit")
+    assert "not reported by chunk" in lost.message
+    assert report.status == "error"  # a chunk lost tests: worse than a failure
+
+
+def test_fail_fast_reports_at_the_first_failing_chunk_and_names_what_did_not_run(
+    make_repo, worker, store: Store, settings: Settings
+):
+    files = {
+        # The longest test runs first, in the first chunk, and fails.
+        "tests/test_red.py": "import time\n\ndef test_red():\n    time.sleep(0.5)\n"
+                             "    assert False\n",
+        **sleepy_suite(6, 3.0, "test_slow"),
+        "ciq.toml": 'shard = "always"\nfail_fast = true\n',
+    }
+    repo = make_repo(files)
+    path = str(repo.path)
+    # Durations as if measured before: the red test is the longest, so it goes first.
+    store.client.hset(durations_key(repo_id(path)), mapping={
+        "tests/test_red.py::test_red": 30, **{f"tests/test_slow{i}.py::test_{i}": 3
+                                              for i in range(6)}})
+    worker("w1")  # one process: the chunks run one after the other
+    t0 = time.monotonic()
+    report = wait_report(store, path, enqueue(settings, path))
+    took = time.monotonic() - t0
+    assert report.status == "failed"
+    assert [t.id for t in report.tests] == ["tests/test_red.py::test_red"]
+    assert len(report.not_run) == 6 and "tests did not run" in report.message
+    assert took < 6 * 3.0  # it did not wait for the slow chunks
+
+
+def test_a_chunk_whose_worker_dies_runs_again_elsewhere_and_the_merge_waits_for_it(
+    make_repo, worker, store: Store, settings: Settings, tmp_path: Path
+):
+    marker = tmp_path / "marker"
+    victim = (f"import os, pathlib, time\n\nMARK = pathlib.Path({str(marker)!r})\n\n"
+              "def test_victim():\n    first = not MARK.exists()\n"
+              "    MARK.open('a').write(f'{os.getpid()}\\n')\n"
+              "    if first:\n        time.sleep(60)\n")
+    repo = make_repo({**sleepy_suite(3, 0.3), "tests/test_victim.py": victim,
+                      "ciq.toml": 'shard = "always"\n'})
+    path = str(repo.path)
+    # The victim is the longest test by far: the planning run keeps it as its own chunk.
+    store.client.hset(durations_key(repo_id(path)), mapping={
+        "tests/test_victim.py::test_victim": 50,
+        **{f"tests/test_s{i}.py::test_{i}": 1.5 for i in range(3)}})
+    w1 = worker("w1", data_dir=tmp_path / "host1")
+    sha = enqueue(settings, path)
+    wait_for(marker.exists, 60, "the victim's first run")
+    w2 = worker("w2", data_dir=tmp_path / "host2")
+    os.killpg(w1.pid, signal.SIGKILL)  # the whole first host goes
+    report = wait_report(store, path, sha, timeout=90)
+    assert report.status == "passed", report.message
+    assert sorted(t.id for t in report.tests) == sorted(
+        ["tests/test_victim.py::test_victim", *(f"tests/test_s{i}.py::test_{i}"
+                                                for i in range(3))])
+    runs = marker.read_text().split()
+    assert len(runs) == 2
+    victim_chunk = next(c for c in report.shards["chunks"] if c["attempts"] == 2)
+    assert victim_chunk["worker"].startswith("w2@")
+    del w2
+
+
+def test_auto_does_not_shard_a_short_suite_or_for_a_single_worker_process(
+    make_repo, worker, store: Store, settings: Settings
+):
+    repo = make_repo(sleepy_suite(4, 0.1))
+    worker("w1")
+    report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)))
+    assert report.status == "passed" and report.shards == {}
+    assert report.summary.total == 4
