@@ -31,12 +31,23 @@ def test_settings_parse_and_the_commit_wins_key_by_key() -> None:
     ({"env": {"A": 1}}, ["'env'", "table of strings"]),
     ({"setup": "pip install ."}, ["'setup'", "list of strings"]),
     ({"test": ""}, ["'test'"]),
+    ({"shard": "sometimes"}, ["'shard'", '"auto", "always" or "never"']),
+    ({"fail_fast": "yes"}, ["'fail_fast'", "true or false"]),
 ])
 def test_bad_settings_name_the_key_and_the_file(data: dict, words: list[str]) -> None:
     with pytest.raises(ConfigError) as caught:
         RepoConfig.parse(data, "ciq.toml")
     for word in words:
         assert word in str(caught.value)
+
+
+def test_shard_settings_take_words_or_booleans_and_the_commit_wins() -> None:
+    assert RepoConfig.parse({"shard": True}, "f").shard == "always"
+    assert RepoConfig.parse({"shard": False}, "f").shard == "never"
+    operator = RepoConfig.parse({"shard": "never", "fail_fast": True}, "ops.toml")
+    mine = RepoConfig.parse({"shard": "always"}, "ciq.toml").over(operator)
+    assert (mine.shard, mine.fail_fast) == ("always", True)
+    assert RepoConfig.parse(mine.to_dict(), "x").to_dict() == mine.to_dict()
 
 
 def test_the_commit_settings_come_from_ciq_toml_or_pyproject(tmp_path: Path) -> None:
