@@ -178,12 +178,12 @@ class Splitter:
 
 def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str | None,
             worker: str, shards: Shards | None = None,
-            send: Callable[[str, str], None] | None = None) -> Report | None:
+            send: Callable[[str, str], None] | None = None) -> str:
     """Run a commit once under its lease and store its report.
 
-    Returns the report this call stored, or None when it stood down (the commit was
-    already reported, or a live run holds it). With ``shards`` the run may shard (see
-    :mod:`ciq.sharding`); it then returns the commit's report only if it merged it.
+    Returns what happened, in a few words for Celery's log and Flower: the status of the
+    report it stored, or why it stored none (stood down: already reported, or a live run
+    holds it). With ``shards`` the run may shard (see :mod:`ciq.sharding`).
     """
     run_id = uuid.uuid4().hex
     lease_ttl, max_attempts = settings.lease_ttl, settings.max_attempts
@@ -191,10 +191,10 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
                         lambda: acquire(store, repo, sha, run_id, lease_ttl, worker))
     if attempt == -1:
         logger.info("run %s: %s already reported; dropping this copy", run_id, sha[:12])
-        return None
+        return "already reported"
     if attempt == 0:
         logger.info("run %s: %s is being run elsewhere; standing down", run_id, sha[:12])
-        return None
+        return "stood down"
     plan: RunPlan | None = None
     splitter: Splitter | None = None
     try:
@@ -202,8 +202,9 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
             # A plan whose lease lapsed: its chunks did not all finish in the time limit.
             logger.warning("run %s: the sharded run of %s outlived its time; reporting what "
                            "its chunks reported", run_id, sha[:12])
-            return shards.finish(repo, sha, lost_reason="the sharded run did not finish "
-                                 "within its time limit")
+            merged = shards.finish(repo, sha, lost_reason="the sharded run did not finish "
+                                   "within its time limit")
+            return f"merged late: {merged.status}" if merged else "already reported"
         if attempt > max_attempts:
             report = _gave_up(repo, sha, branch, worker, run_id, attempt - 1, "")
         else:
@@ -216,7 +217,8 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
                 report = _guarded(plan, splitter)
         if splitter is not None and splitter.planned:
             assert shards is not None
-            return _chunk_done(shards, repo, sha, 0, report, run_id)
+            merged = _chunk_done(shards, repo, sha, 0, report, run_id)
+            return f"sharded; merged: {merged.status}" if merged else "sharded; chunk 1 done"
         saved = outbox.save(settings.data_dir, report)
         if patiently(f"run {run_id}", lambda: outbox.deliver(store, saved, report)):
             logger.info("run %s: %s %s (%d tests, %.2fs)", run_id, sha[:12], report.status,
@@ -226,10 +228,10 @@ def execute(store: Store, settings: Settings, repo: str, sha: str, branch: str |
                     shards.record_durations(report)
                 except redis.RedisError as exc:  # they only help the next plan
                     logger.warning("run %s: could not keep test durations: %s", run_id, exc)
-            return report
+            return report.status
         logger.warning("run %s: %s was reported meanwhile; dropping this report",
                        run_id, sha[:12])
-        return None
+        return "dropped: reported meanwhile"
     finally:
         try:
             store.release(repo, sha, run_id)
@@ -251,9 +253,9 @@ def _chunk_done(shards: Shards, repo: str, sha: str, index: int, report: Report,
 
 
 def execute_chunk(store: Store, shards: Shards, settings: Settings, repo: str, sha: str,
-                  branch: str | None, index: int, worker: str) -> Report | None:
+                  branch: str | None, index: int, worker: str) -> str:
     """Run chunk ``index`` of a sharded commit under its own lease and store its result;
-    returns the commit's report if this chunk completed it."""
+    returns what happened, in a few words (see :func:`execute`)."""
     run_id = uuid.uuid4().hex
     lease_ttl, max_attempts = settings.lease_ttl, settings.max_attempts
 
@@ -269,10 +271,10 @@ def execute_chunk(store: Store, shards: Shards, settings: Settings, repo: str, s
     if attempt <= 0:
         logger.info("run %s: chunk %d of %s is done or running elsewhere; standing down",
                     run_id, index + 1, sha[:12])
-        return None
+        return "stood down"
     found = patiently(f"run {run_id}", lambda: shards.plan(repo, sha))
     if found is None or index >= len(found.chunks):
-        return None
+        return "stood down"
     plan: RunPlan | None = None
     try:
         if attempt > max_attempts:
@@ -284,7 +286,9 @@ def execute_chunk(store: Store, shards: Shards, settings: Settings, repo: str, s
             with Heartbeat(lambda: shards.renew(repo, sha, index, run_id),
                            f"run {run_id} (chunk {index + 1} of {sha[:12]})", lease_ttl):
                 report = _guarded(plan)
-        return _chunk_done(shards, repo, sha, index, report, run_id)
+        merged = _chunk_done(shards, repo, sha, index, report, run_id)
+        return f"chunk {index + 1}; merged: {merged.status}" if merged else \
+            f"chunk {index + 1} done"
     finally:
         try:
             shards.release(repo, sha, index, run_id)

@@ -3,13 +3,16 @@
 Plain functions, no Redis, no Celery (:mod:`ciq.sharding` runs them against Redis).
 
 **Plan.** Tests are ordered longest first by the durations measured in earlier reports of
-the repository (a test never seen gets the median of the known ones), then cut into
-chunks by *guided self-scheduling* (Polychronopoulos & Kuck, 1987): each chunk takes
-about ``remaining ÷ (2 × workers)`` seconds of tests, so the first chunks are large and
-the last ones small. Chunks go on the queue as separate tasks, largest first, and each
-free worker process takes the next one (prefetch one). A static split fixes N equal
-shards up front, and one whose estimate was wrong holds everyone; here the small chunks
-at the end let idle workers even out whatever the estimates got wrong.
+the repository (a test never seen gets the median of the known ones). A first wave of
+chunks, one per worker process, takes three quarters of the suite, balanced longest
+first; the rest is cut by *guided self-scheduling* (Polychronopoulos & Kuck, 1987): each
+chunk about ``remaining ÷ workers`` seconds, so they shrink towards the end. Chunks go on
+the queue as separate tasks in that order, and each free worker process takes the next
+one (prefetch one). A static split fixes N equal shards up front, and one whose estimate
+was wrong holds everyone; here the small chunks at the end let idle workers even out
+whatever the estimates got wrong, while the first wave keeps the number of chunks (each
+a checkout and a pytest start) low. ``bench/sharding.py`` measures it; ``simulate``
+compares plans.
 
 **Merge.** One final report from every chunk's: each collected test exactly once (a
 test that no chunk reported is an ``error`` saying which chunk lost it), the worst
@@ -28,8 +31,8 @@ from .report import Report, Summary, TestResult
 
 #: Seconds assumed for a test when the repository has no durations at all.
 UNKNOWN_TEST_SECONDS = 0.5
-#: Chunks per worker process the guided split aims at for its first chunks.
-SPLIT_FACTOR = 2.0
+#: Share of the suite the first wave of chunks (one per worker process) takes.
+FIRST_WAVE = 0.75
 #: Worst first: the merged report's status is the worst of its chunks'.
 _SEVERITY = {"passed": 0, "failed": 1, "error": 2, "timeout": 3}
 
@@ -44,7 +47,8 @@ def estimates(ids: Sequence[str], durations: Mapping[str, float]) -> dict[str, f
 
 def plan_chunks(ids: Sequence[str], durations: Mapping[str, float], workers: int,
                 min_chunk: float, max_chunks: int = 64) -> list[list[str]]:
-    """Cut ``ids`` into chunks, largest first (see the module's docstring).
+    """Cut ``ids`` into chunks, in the order they should be queued (see the module's
+    docstring).
 
     ``min_chunk`` is the smallest chunk worth its own checkout (seconds); ``workers`` the
     worker processes that may take chunks. Every id is in exactly one chunk.
@@ -52,12 +56,43 @@ def plan_chunks(ids: Sequence[str], durations: Mapping[str, float], workers: int
     if not ids:
         return []
     est = estimates(ids, durations)
-    order = deque(sorted(dict.fromkeys(ids), key=lambda i: (-est[i], i)))
-    remaining = sum(est.values())
-    floor = max(min_chunk, remaining / max_chunks)
+    order = sorted(dict.fromkeys(ids), key=lambda i: (-est[i], i))
+    total = sum(est[i] for i in order)
+    procs = max(workers, 1)
+    first, rest = _first_wave(order, est, procs, FIRST_WAVE * total / procs, min_chunk)
+    rest_chunks = _guided(rest, est, procs, max(min_chunk, total / max_chunks))
+    return _balance_tail(first + rest_chunks, est, min_chunk)
+
+
+def _first_wave(order: list[str], est: Mapping[str, float], procs: int, cap: float,
+                min_chunk: float) -> tuple[list[list[str]], list[str]]:
+    """One chunk per worker process, each about ``cap`` seconds, balanced longest first
+    (each test into the lightest chunk it fits); returns them and the tests left over."""
+    if cap < min_chunk:
+        return [], order
+    bins: list[list[str]] = [[] for _ in range(procs)]
+    loads = [0.0] * procs
+    rest = []
+    for i in order:
+        k = loads.index(min(loads))
+        if not bins[k] or loads[k] + est[i] <= cap * 1.02:
+            bins[k].append(i)
+            loads[k] += est[i]
+        else:
+            rest.append(i)
+    ranked = sorted(zip(loads, bins, strict=True), key=lambda lb: -lb[0])
+    return [b for _, b in ranked if b], rest
+
+
+def _guided(rest: list[str], est: Mapping[str, float], procs: int,
+            floor: float) -> list[list[str]]:
+    """Guided self-scheduling of what the first wave left: each chunk about the remaining
+    seconds ÷ the worker processes, never under ``floor``; so they shrink to the end."""
+    order = deque(rest)
+    remaining = sum(est[i] for i in rest)
     chunks: list[list[str]] = []
     while order:
-        target = max(remaining / (SPLIT_FACTOR * max(workers, 1)), floor)
+        target = max(remaining / procs, floor)
         chunk, seconds = [order[0]], est[order.popleft()]
         # The longest tests that still fit, then the shortest ones to fill the rest: a
         # chunk holds one or two long tests and a tail of short ones.
@@ -66,9 +101,12 @@ def plan_chunks(ids: Sequence[str], durations: Mapping[str, float], workers: int
             while order and seconds + est[order[end]] <= target * 1.05:
                 seconds += est[order[end]]
                 chunk.append(take())
+        while order and seconds < target * 0.9:  # not much under: one more short test
+            seconds += est[order[-1]]
+            chunk.append(order.pop())
         chunks.append(chunk)
         remaining -= seconds
-    return _balance_tail(chunks, est, min_chunk)
+    return chunks
 
 
 def _balance_tail(chunks: list[list[str]], est: Mapping[str, float],
@@ -179,8 +217,11 @@ def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[Chunk
     if len(output) > output_limit:
         half = output_limit // 2
         output = f"{output[:half]}\n[... output of the chunks cut ...]\n{output[-half:]}"
+    # The head's timings (checkout, setup, collect) and the chunks' phase, planned to
+    # merged, as "test".
+    timings = {**head.timings, "test": round(max(duration - head.duration, 0.0), 3)}
     return head.replace(
         status=worst, summary=summary, tests=tuple(tests), finished_at=finished_at,
         duration=round(duration, 3), output=output, message="; ".join(messages),
-        exit_code=None, shards=shards, not_run=tuple(not_run),
+        exit_code=None, shards=shards, not_run=tuple(not_run), timings=timings,
     )  # fmt: skip

@@ -66,7 +66,7 @@ class CiqTask(Task):
 def run(self: CiqTask, repo: str, sha: str, branch: str | None = None) -> str:
     """Test one commit of a repository and store its report (once).
 
-    Returns a one-word outcome for Celery's log and Flower; the report itself is in the
+    Returns a few words of outcome for Celery's log and Flower; the report itself is in the
     results backend.
     """
     s = self.settings
@@ -76,8 +76,7 @@ def run(self: CiqTask, repo: str, sha: str, branch: str | None = None) -> str:
         logger.error("task: dropping run of %r: %s", repo, exc)
         return "rejected"
     worker = s.worker_name or self.request.hostname or os.uname().nodename
-    report = execute(self.store, s, repo, sha, branch, worker, self.shards, self.send)
-    return report.status if report else "stood down"
+    return execute(self.store, s, repo, sha, branch, worker, self.shards, self.send)
 
 
 @shared_task(bind=True, base=CiqTask, name=CHUNK_TASK, ignore_result=True)
@@ -93,5 +92,4 @@ def chunk(self: CiqTask, repo: str, sha: str, branch: str | None, index: int) ->
         logger.error("task: dropping chunk of %r: %s", repo, exc)
         return "rejected"
     worker = s.worker_name or self.request.hostname or os.uname().nodename
-    report = execute_chunk(self.store, self.shards, s, repo, sha, branch, index, worker)
-    return f"merged: {report.status}" if report else "chunk done"
+    return execute_chunk(self.store, self.shards, s, repo, sha, branch, index, worker)

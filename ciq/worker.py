@@ -20,7 +20,7 @@ from .delivery import Deliverer
 from .dispatch import make_sender
 from .reconciler import reconcile
 from .runner import sweep_stale_runs
-from .sharding import Shards
+from .sharding import WORKERS, Shards
 from .store import Store
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,11 @@ class Housekeeping(bootsteps.StartStopStep):
 
     def stop(self, worker: Any) -> None:
         self._stop.set()
+        try:  # no longer counted by sharding plans (else for WORKER_SEEN_WITHIN more)
+            Store.from_url(worker.app.ciq_settings.result_backend).client.hdel(
+                WORKERS, worker.hostname)
+        except Exception as exc:  # Redis away: the entry ages out by itself
+            logger.warning("housekeeping: could not sign off: %s", exc)
         for thread in (self._thread, self._notifier):
             if thread is not None:
                 thread.join(timeout=5)

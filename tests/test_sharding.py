@@ -54,6 +54,9 @@ def test_a_commit_is_split_over_two_workers_and_merged_into_one_report(
     assert {c["worker"].split("@")[0] for c in chunks} == {"w1", "w2"}
     assert report.shards["imbalance"] >= 1.0
     assert "sharded" not in report.message
+    # Timings: the planning run's checkout, setup and collect, then the chunks' phase
+    assert set(report.timings) == {"checkout", "setup", "collect", "test"}
+    assert 1.0 <= report.timings["test"] <= report.duration
     # And the plan is gone, the durations are kept for the next plan
     assert not store.client.sismember(SHARDED, f"{repo_id(str(repo.path))}:{repo.head()}")
     kept = store.client.hgetall(durations_key(repo_id(str(repo.path))))
@@ -153,7 +156,13 @@ def test_auto_does_not_shard_a_short_suite_or_for_a_single_worker_process(
     make_repo, worker, store: Store, settings: Settings
 ):
     repo = make_repo(sleepy_suite(4, 0.1))
-    worker("w1")
+    w1 = worker("w1")
     report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)))
     assert report.status == "passed" and report.shards == {}
     assert report.summary.total == 4
+    # A worker announces its pool for the plans, and signs off when it stops
+    shards = Shards(store, 2, 60, 1000)
+    assert shards.processes("ciq") == 1
+    w1.proc.terminate()
+    assert w1.proc.wait(timeout=30) is not None
+    assert shards.processes("ciq") == 0
