@@ -1,0 +1,127 @@
+"""The Redis side of sharded runs (ciq.sharding) against a real redis-server: plans,
+chunk leases, results written once, the reconciler's part. No workers: each step is
+called as a worker would call it, and the crashes in between are played by not calling
+the next step."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from ciq.report import Report, Summary, TestResult
+from ciq.sharding import CHUNKS_STARTED, SHARDED, Plan, Shards, plan_key
+from ciq.store import Store, repo_id
+
+REPO = "/srv/git/lib"
+SHA = "b" * 40
+CHUNKS = [["t::a", "t::b"], ["t::c"], ["t::d"]]
+
+
+def chunk_report(ids: list[str], outcome: str = "passed") -> Report:
+    tests = tuple(TestResult(i, outcome, 0.1) for i in ids)
+    return Report(repo=REPO, commit=SHA, status="passed" if outcome == "passed" else "failed",
+                  tests=tests, summary=Summary.of(list(tests)), worker="w", exit_code=0)
+
+
+def planned(store: Store, ttl: float = 5.0, fail_fast: bool = False) -> tuple[Shards, list]:
+    """A commit claimed, leased by run "r0", and sharded into CHUNKS by it."""
+    sent: list[tuple[str, str]] = []
+    store.claim(REPO, SHA, "main", {})
+    assert store.acquire(REPO, SHA, "r0", 5.0, "w0") == 1
+    shards = Shards(store, lease_ttl=ttl, time_limit=60, output_limit=10_000)
+    head = Report(repo=REPO, commit=SHA, status="passed", branch="main", worker="w0",
+                  timings={"checkout": 0.1}, duration=0.5)
+    plan = Plan(REPO, SHA, "main", CHUNKS, head.to_dict(), fail_fast, queue="q")
+    assert shards.create(plan, "r0", lambda q, m: sent.append((q, m)), same_redis=True)
+    return shards, sent
+
+
+def test_a_plan_queues_its_other_chunks_and_holds_the_commit(store: Store):
+    shards, _ = planned(store)
+    # The other chunks are on the queue, the next one taken (the right end) first
+    queued = [json.loads(m)["headers"] for m in store.client.lrange("q", 0, -1)]
+    assert [h["task"] for h in queued] == ["ciq.chunk", "ciq.chunk"]
+    assert [h["argsrepr"].rsplit(", ", 1)[1] for h in queued] == ["2)", "1)"]
+    # The commit's lease is the plan's now, so the planning run cannot take it back
+    assert store.lease_holder(REPO, SHA) == "shards:r0"
+    assert store.acquire(REPO, SHA, "r9", 5.0, "w9") == 0
+    # A run that lost its lease cannot plan
+    assert not shards.create(shards.plan(REPO, SHA), "r0", None, True)  # type: ignore[arg-type]
+    assert shards.take(REPO, SHA, 0, "other") == 0  # chunk 0 is the planning run's
+
+
+def test_the_last_result_merges_once_and_cleans_up(store: Store):
+    shards, _ = planned(store)
+    assert shards.done(REPO, SHA, 0, chunk_report(CHUNKS[0]), "r0") is None
+    assert shards.take(REPO, SHA, 1, "r1") == 1
+    assert shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1]), "r1") is None
+    # A second copy of chunk 1 finds its result there: nothing to do, nothing written
+    assert shards.take(REPO, SHA, 1, "r1b") == -1
+    assert shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1], "failed"), "r1b") is None
+    assert shards.take(REPO, SHA, 2, "r2") == 1
+    merged = shards.done(REPO, SHA, 2, chunk_report(CHUNKS[2]), "r2")
+    assert merged is not None and merged.status == "passed"
+    assert sorted(t.id for t in merged.tests) == ["t::a", "t::b", "t::c", "t::d"]
+    assert store.report(REPO, SHA) == merged
+    rid = repo_id(REPO)
+    assert not store.client.exists(plan_key(rid, SHA))
+    assert not store.client.sismember(SHARDED, f"{rid}:{SHA}")
+    assert store.lease_holder(REPO, SHA) is None
+    assert store.client.scard(CHUNKS_STARTED) == 0
+    assert not store.client.sismember("ciq:started", f"{rid}:{SHA}")
+    # The durations are kept for the next plan
+    assert shards.durations(REPO) == {i: 0.1 for c in CHUNKS for i in c}
+
+
+def test_the_reconciler_requeues_a_chunk_whose_run_died_and_merges_for_a_dead_merger(
+    store: Store,
+):
+    shards, _ = planned(store, ttl=0.3)
+    resent: list[tuple] = []
+
+    def send(*args: object) -> None:
+        resent.append(args)
+
+    assert shards.take(REPO, SHA, 1, "r1") == 1
+    # Chunk 1's worker dies: its lease lapses with no result; chunk 0's run lives on
+    time.sleep(0.4)
+    assert shards.renew(REPO, SHA, 0, "r0") is False  # r0 also missed its beat...
+    assert shards.reconcile(send) == 2  # ...so both are queued again
+    assert sorted(a[3] for a in resent) == [0, 1]
+    assert all(a[:3] == (REPO, SHA, "main") and a[4] == "q" for a in resent)
+    assert shards.reconcile(send) == 0  # once
+    # The reruns: the second try of chunk 1 counts as attempt 2
+    assert shards.take(REPO, SHA, 0, "r0b") == 2
+    assert shards.take(REPO, SHA, 1, "r1b") == 2
+    assert shards.take(REPO, SHA, 2, "r2") == 1
+    for index, run in ((0, "r0b"), (1, "r1b")):
+        assert shards.done(REPO, SHA, index, chunk_report(CHUNKS[index]), run) is None
+    # The last chunk's result is written, then its worker dies before merging
+    result = json.dumps({"index": 2, "report": chunk_report(CHUNKS[2]).to_dict()})
+    rid = repo_id(REPO)
+    assert shards._done(keys=[plan_key(rid, SHA), f"ciq:chunk-lease:{rid}:{SHA}:2",
+                              CHUNKS_STARTED], args=[2, result, f"{rid}:{SHA}:2", "r2"]) == 2
+    assert store.report(REPO, SHA) is None
+    shards.reconcile(send)
+    report = store.report(REPO, SHA)
+    assert report is not None and report.status == "passed"
+    assert report.summary.total == 4 and report.shards["count"] == 3
+
+
+def test_fail_fast_reports_at_the_first_failure_and_later_chunks_stand_down(store: Store):
+    shards, _ = planned(store, fail_fast=True)
+    assert shards.take(REPO, SHA, 1, "r1") == 1
+    merged = shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1], "failed"), "r1")
+    assert merged is not None and merged.status == "failed"
+    assert set(merged.not_run) == {"t::a", "t::b", "t::d"}
+    assert shards.take(REPO, SHA, 2, "r2") == -1
+    assert shards.done(REPO, SHA, 0, chunk_report(CHUNKS[0]), "r0") is None
+    assert store.report(REPO, SHA) == merged
+
+
+def test_workers_are_counted_by_queue_while_they_announce_themselves(store: Store):
+    shards = Shards(store, 5, 60, 1000)
+    shards.announce("a@h", ["ciq"], 4)
+    shards.announce("b@h", ["ciq", "heavy"], 2)
+    assert shards.processes("ciq") == 6 and shards.processes("heavy") == 2
+    assert shards.processes("ciq", now=time.time() + 60) == 0  # gone quiet: not counted
