@@ -153,8 +153,13 @@ class Splitter:
         if mode == "never":
             return False
         self._fail_fast = bool(config and config.fail_fast)
-        self._durations = self.shards.durations(self.run.repo)
-        self._processes = self.shards.processes(self.queue)
+        try:
+            self._durations = self.shards.durations(self.run.repo)
+            self._processes = self.shards.processes(self.queue)
+        except redis.RedisError as exc:  # Redis away: run it whole rather than wait
+            logger.warning("run %s: cannot plan a sharded run (%s); running it whole",
+                           self.run.run_id, exc)
+            return False
         return decide(mode, self._durations, self._processes, self.settings.shard_min_seconds)
 
     def split(self, ids: list[str], head: Report) -> list[str] | None:
@@ -166,7 +171,13 @@ class Splitter:
         plan = Plan(run.repo, run.sha, run.branch, chunks, head.to_dict(), self._fail_fast,
                     self.queue)
         same = self.settings.broker_url == self.settings.result_backend
-        if not self.shards.create(plan, run.run_id, self.send, same):
+        try:
+            created = self.shards.create(plan, run.run_id, self.send, same)
+        except redis.RedisError as exc:  # run it whole; chunks queued anyway only repeat it
+            logger.warning("run %s: cannot store the plan (%s); running it whole",
+                           run.run_id, exc)
+            return None
+        if not created:
             return None  # lost the lease meanwhile: the report will be dropped anyway
         self.heartbeat.retarget(lambda: self.shards.renew(run.repo, run.sha, 0, run.run_id),
                                 f"run {run.run_id} (chunk 1 of {run.sha[:12]})")
