@@ -6,15 +6,63 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import redis
 
 from ciq.processes import stop_process
 
-__all__ = ["kill_leftovers", "processes_under", "save_results", "show_worker_logs",
-           "stop_process"]
+__all__ = ["free_port", "kill_leftovers", "processes_under", "save_results",
+           "show_worker_logs", "start_redis", "stop_process", "wait_for"]
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A free TCP port of 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str,
+             interval: float = 0.05) -> T:
+    """The first true value of ``predicate``, polled every ``interval`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+def start_redis(folder: Path, port: int, client: redis.Redis) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:``port`` (no persistence), once ``client``
+    gets an answer from it. The caller stops it by pid."""
+    folder.mkdir(parents=True)
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
+         "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 10, f"redis-server on port {port}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -52,7 +52,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import kill_leftovers, save_results, show_worker_logs, stop_process
+from harness import kill_leftovers, save_results, show_worker_logs, stop_process, wait_for
 
 from ciq.dispatch import Dispatcher
 from ciq.settings import Settings
@@ -60,15 +60,6 @@ from ciq.store import Store
 
 THREE_TESTS = "".join(f"def test_{i}():\n    assert {i} + 1 == {i + 1}\n\n" for i in range(3))
 PERIOD = 2.0  # seconds between two rounds of probes, and between two memory samples
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-    return value
 
 
 def git(cwd: Path, *args: str, stdin: bytes | None = None) -> str:

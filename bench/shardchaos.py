@@ -18,14 +18,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import kill_leftovers, save_results, stop_process
+from harness import free_port, kill_leftovers, save_results, stop_process
 
 from ciq.dispatch import Dispatcher
 from ciq.settings import Settings
@@ -34,12 +33,6 @@ from ciq.store import Store
 TESTS = 12
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "b@example.org",
            "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@example.org"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> int:

@@ -68,7 +68,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -78,8 +77,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-from harness import kill_leftovers, save_results, show_worker_logs, stop_process
+from harness import (
+    free_port,
+    kill_leftovers,
+    save_results,
+    show_worker_logs,
+    start_redis,
+    stop_process,
+)
+from harness import wait_for as shared_wait_for
 
 from ciq.dispatch import Dispatcher
 from ciq.gitrepo import normalise_repo
@@ -123,12 +129,7 @@ GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = POLL):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
-    return value
+    return shared_wait_for(predicate, timeout, what, interval)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -303,9 +304,7 @@ class Bench:
         self.root = Path(tempfile.mkdtemp(prefix="ciq-bench-sharding-")).resolve()
         self.procs: list[subprocess.Popen] = []
         self.rounds = 0
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.store = Store.from_url(self.url)  # connects on first use
         # One data folder and one environment cache for the whole benchmark: warm after
@@ -319,19 +318,7 @@ class Bench:
                              self.settings.output_limit)
 
     def start_redis(self) -> None:
-        (self.root / "redis").mkdir()
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-               str(self.root / "redis"), "--save", "", "--appendonly", "no"]
-        self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                           start_new_session=True))
-
-        def up() -> bool:
-            try:
-                return bool(self.store.client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_for(up, 10, f"redis-server on port {self.port}", 0.05)
+        self.procs.append(start_redis(self.root / "redis", self.port, self.store.client))
 
     def env(self, shard: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}

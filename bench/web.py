@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness import kill_leftovers, save_results, stop_process
+from harness import free_port, kill_leftovers, save_results, stop_process
 
 from ciq.keys import repo_id
 from ciq.report import Report, Summary, TestResult
@@ -29,12 +28,6 @@ from ciq.store import Store
 
 REPO = "/srv/git/lib"
 COMMITS, TESTS, TRIES = 1000, 200, 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(url: str, timeout: float = 20) -> None:
