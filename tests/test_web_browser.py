@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -42,6 +42,14 @@ def web(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
     web = start_web(settings, folder / "web.log")
     yield web
     stop_process(web.proc)
+
+
+def live_wait(driver: WebDriver) -> WebDriverWait:
+    """Waits for the live view to change the page. The view swaps rows and reloads a
+    commit page once its report lands, so an element found a moment ago may be gone:
+    look again rather than fail."""
+    return WebDriverWait(driver, LIVE_TIMEOUT, poll_frequency=0.2,
+                         ignored_exceptions=(StaleElementReferenceException,))
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +157,7 @@ def test_a_queued_commit_turns_running_then_failed_without_a_reload(
     driver.get(f"{web.url}/repos/{RID}")
     assert status_of(driver, commit) == "queued"
     driver.execute_script("window.ciqNoReload = 42;")
-    wait = WebDriverWait(driver, LIVE_TIMEOUT, poll_frequency=0.2)
+    wait = live_wait(driver)
 
     # When a worker takes it, then reports it failed
     store.acquire(REPO, commit, "run-1", 30, "w7@host")
@@ -171,10 +179,10 @@ def test_a_queued_commit_page_shows_its_report_when_it_lands(
     state = driver.find_element(By.CSS_SELECTOR, ".banner .state")
     assert state.text == "QUEUED"
     store.acquire(REPO, commit, "run-1", 30, "w3@host")
-    WebDriverWait(driver, LIVE_TIMEOUT, poll_frequency=0.2).until(
+    live_wait(driver).until(
         lambda d: "on w3@host" in d.find_element(By.CSS_SELECTOR, ".banner").text)
     finish(store, commit)
-    WebDriverWait(driver, LIVE_TIMEOUT, poll_frequency=0.2).until(
+    live_wait(driver).until(
         lambda d: d.find_element(By.CSS_SELECTOR, ".banner .state").text == "PASSED")
     assert driver.find_element(By.CSS_SELECTOR, "#tests").is_displayed()
     shot(driver, tmp_path, "commit-live")
