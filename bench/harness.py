@@ -18,10 +18,30 @@ import redis
 
 from ciq.processes import stop_process
 
-__all__ = ["free_port", "kill_leftovers", "processes_under", "save_results",
-           "show_worker_logs", "start_redis", "stop_process", "wait_for"]
+__all__ = ["GIT_ENV", "commit", "free_port", "git", "kill_leftovers", "processes_under",
+           "save_results", "show_worker_logs", "start_redis", "stop_process", "wait_for"]
 
 T = TypeVar("T")
+
+#: Who the benchmarks' commits are by (no global git identity needed).
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
+           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git in ``cwd``; its output."""
+    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
+    """Write ``files`` into ``repo`` and commit them; the new SHA."""
+    for name, text in files.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
 
 
 def free_port() -> int:

@@ -24,15 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import free_port, kill_leftovers, save_results, stop_process
+from harness import commit, free_port, git, kill_leftovers, save_results, stop_process
 
 from ciq.dispatch import Dispatcher
 from ciq.settings import Settings
 from ciq.store import Store
 
 TESTS = 12
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "b@example.org",
-           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "b@example.org"}
 
 
 def main() -> int:
@@ -66,11 +64,7 @@ def main() -> int:
         repo = root / "repo"
         (repo / "tests").mkdir(parents=True)
 
-        def git(*args: str) -> str:
-            return subprocess.run(["git", *args], cwd=repo, env=GIT_ENV, check=True,
-                                  capture_output=True, text=True).stdout.strip()
-
-        git("init", "-q", "-b", "main")
+        git(repo, "init", "-q", "-b", "main")
         for i in range(TESTS):
             (repo / f"tests/test_{i}.py").write_text(
                 f"import time\n\n\ndef test_{i}():\n    time.sleep(0.4)\n")
@@ -85,9 +79,7 @@ def main() -> int:
         shas = []
         for k in range(opts.commits):
             (repo / "round.txt").write_text(str(k))
-            git("add", "-A")
-            git("commit", "-q", "-m", f"round {k}")
-            shas.append(git("rev-parse", "HEAD"))
+            shas.append(commit(repo, {}, f"round {k}"))
             dispatcher.submit(str(repo), shas[-1], "main")
         t0 = time.monotonic()
         while time.monotonic() - t0 < 300:

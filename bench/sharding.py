@@ -78,7 +78,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import (
+    commit,
     free_port,
+    git,
     kill_leftovers,
     save_results,
     show_worker_logs,
@@ -124,26 +126,8 @@ def burn(n):
     return x
 """
 
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
-           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
-
-
 def wait_for(predicate, timeout: float, what: str, interval: float = POLL):
     return shared_wait_for(predicate, timeout, what, interval)
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 def med(values) -> float | None:

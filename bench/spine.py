@@ -46,7 +46,9 @@ from datetime import datetime
 from pathlib import Path
 
 from harness import (
+    commit,
     free_port,
+    git,
     kill_leftovers,
     save_results,
     show_worker_logs,
@@ -78,24 +80,6 @@ REPORT_TIMEOUT = 120.0
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.005):
     return shared_wait_for(predicate, timeout, what, interval)
-
-
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.org",
-           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.org"}
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, env=GIT_ENV, check=True,
-                          capture_output=True, text=True).stdout.strip()
-
-
-def commit(repo: Path, files: dict[str, str], message: str = "change") -> str:
-    for name, text in files.items():
-        (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        (repo / name).write_text(text)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "--allow-empty", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 class Bench:

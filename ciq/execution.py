@@ -154,8 +154,10 @@ class Splitter:
             return False
         self._fail_fast = bool(config and config.fail_fast)
         try:
-            self._durations = self.shards.durations(self.run.repo)
             self._processes = self.shards.processes(self.queue)
+            if mode == "auto" and self._processes < 2:
+                return False  # the usual case on one worker: no need for the durations
+            self._durations = self.shards.durations(self.run.repo)
         except redis.RedisError as exc:  # Redis away: run it whole rather than wait
             logger.warning("run %s: cannot plan a sharded run (%s); running it whole",
                            self.run.run_id, exc)

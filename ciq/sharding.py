@@ -15,8 +15,9 @@ re-queued meanwhile.
 Keys (``member`` is ``"<rid>:<sha>"``):
 
 ==================================  ======  ============================================
-``ciq:plan:<rid>:<sha>``            hash    plan (JSON), k (chunks), r:<i> (result JSON),
-                                            a:<i> (attempts of chunk i)
+``ciq:plan:<rid>:<sha>``            hash    plan (JSON), meta (repo, branch, queue: JSON),
+                                            k (chunks), n (results so far), r:<i> (result
+                                            JSON), a:<i> (attempts of chunk i)
 ``ciq:chunk-lease:<rid>:<sha>:<i>`` string  run id of chunk i's live run
 ``ciq:chunks:started``              set     ``<member>:<i>`` of chunks taken, no result yet
 ``ciq:sharded``                     set     members with a plan and no report yet
@@ -66,7 +67,8 @@ def durations_key(rid: str) -> str:
 
 
 # KEYS: commit lease, report, plan, chunk 0 lease, sharded, chunks started, queue.
-# ARGV: run id, plan json, commit ttl ms, chunk ttl ms, member, chunk count, messages...
+# ARGV: run id, plan json, commit ttl ms, chunk ttl ms, member, chunk count, meta json,
+# messages...
 # The planning run must still hold the commit's lease; it then hands the lease to the
 # plan, takes chunk 0 itself, and queues the other chunks (when the broker is this Redis)
 # in the same step, so a plan never exists without its chunks on the queue.
@@ -74,12 +76,12 @@ _PLAN = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-redis.call('HSET', KEYS[3], 'plan', ARGV[2], 'k', ARGV[6], 'a:0', 1)
+redis.call('HSET', KEYS[3], 'plan', ARGV[2], 'meta', ARGV[7], 'k', ARGV[6], 'n', 0, 'a:0', 1)
 redis.call('SET', KEYS[1], 'shards:' .. ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[4], ARGV[1], 'PX', ARGV[4])
 redis.call('SADD', KEYS[5], ARGV[5])
 redis.call('SADD', KEYS[6], ARGV[5] .. ':0')
-for i = 7, #ARGV do redis.call('RPUSH', KEYS[7], ARGV[i]) end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[7], ARGV[i]) end
 return 1
 """
 
@@ -107,12 +109,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SREM', KEYS[3], ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
-local k = tonumber(redis.call('HGET', KEYS[1], 'k'))
-local n = 0
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, 2) == 'r:' then n = n + 1 end
-end
-if n >= k then return 2 end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+if n >= tonumber(redis.call('HGET', KEYS[1], 'k')) then return 2 end
 return 1
 """
 
@@ -126,6 +124,13 @@ end
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 redis.call('SREM', KEYS[4], ARGV[1])
 return 1
+"""
+
+# KEYS: durations. ARGV: how many tests there are now, then test id, seconds... A hash
+# much larger than the tests of the report has tests that are gone: it starts afresh.
+_DURATIONS = """
+if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[1]) then redis.call('DEL', KEYS[1]) end
+return redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 """
 
 # KEYS: plan, commit lease, sharded, chunk leases... ARGV: member. After the report is
@@ -189,6 +194,7 @@ class Shards:
         self._renew = self.client.register_script(RENEW_SCRIPT)
         self._release = self.client.register_script(RELEASE_SCRIPT)
         self._clean = self.client.register_script(_CLEAN)
+        self._durations = self.client.register_script(_DURATIONS)
 
     # -- planning ---------------------------------------------------------------------
 
@@ -207,12 +213,9 @@ class Shards:
         timed = {t.id: t.duration for t in report.tests if t.outcome != "skipped"}
         if not timed:
             return
-        key = durations_key(repo_id(report.repo))
-        pipe = self.client.pipeline(transaction=True)
-        if self.client.hlen(key) > len(timed) + DURATIONS_SLACK:
-            pipe.delete(key)  # tests that are gone: forget them
-        pipe.hset(key, mapping={k: repr(v) for k, v in timed.items()})
-        pipe.execute()
+        flat = [x for k, v in timed.items() for x in (k, repr(v))]
+        self._durations(keys=[durations_key(repo_id(report.repo))],
+                        args=[len(timed) + DURATIONS_SLACK, *flat])
 
     def processes(self, queue: str, now: float | None = None) -> int:
         """Worker processes seen lately that take runs from ``queue``."""
@@ -244,8 +247,9 @@ class Shards:
         keys = [f"ciq:lease:{rid}:{plan.sha}", self.store.report_key(plan.repo, plan.sha),
                 plan_key(rid, plan.sha), chunk_lease_key(rid, plan.sha, 0), SHARDED,
                 CHUNKS_STARTED, plan.queue]
+        meta = json.dumps({"repo": plan.repo, "branch": plan.branch, "queue": plan.queue})
         args = [run_id, plan.to_json(), int(self.commit_ttl * 1000),
-                int(self.lease_ttl * 1000), member, len(plan.chunks),
+                int(self.lease_ttl * 1000), member, len(plan.chunks), meta,
                 *(messages if same_redis else [])]
         if int(self._plan(keys=keys, args=args)) != 1:
             return False
@@ -335,33 +339,31 @@ class Shards:
     def reconcile(self, send: Callable[[str, str, str | None, int, str], None]) -> int:
         """Queue again the chunks whose run died; merge plans whose merging run died;
         tidy plans of reported commits. Returns how many chunks it queued again."""
+        # It runs every second in one worker: it reads the plans' small fields only.
         resent = 0
         for member in self.client.smembers(CHUNKS_STARTED):
             rid, sha, index = member.split(":")
-            plan = self.client.hget(plan_key(rid, sha), "plan")
-            repo = json.loads(plan)["repo"] if plan else ""
-            keys = [self.store.report_key(repo, sha) if repo else "ciq:none",
+            raw = self.client.hget(plan_key(rid, sha), "meta")
+            meta = json.loads(raw) if raw else None
+            keys = [self.store.report_key(meta["repo"], sha) if meta else "ciq:none",
                     plan_key(rid, sha), chunk_lease_key(rid, sha, int(index)), CHUNKS_STARTED]
-            if plan and int(self._orphan(keys=keys, args=[member, index])):
-                p = Plan.from_json(plan)
+            if int(self._orphan(keys=keys, args=[member, index])) and meta:
                 logger.warning("reconciler: chunk %s of %s lost its run; queueing it again",
                                index, sha[:12])
-                send(p.repo, sha, p.branch, int(index), p.queue)
+                send(meta["repo"], sha, meta["branch"], int(index), meta["queue"])
                 resent += 1
         for member in self.client.smembers(SHARDED):
             rid, sha = member.split(":")
-            raw = self.client.hgetall(plan_key(rid, sha))
-            if "plan" not in raw:
+            raw, k, n = self.client.hmget(plan_key(rid, sha), "meta", "k", "n")
+            if raw is None:
                 self.client.srem(SHARDED, member)
                 continue
-            plan = Plan.from_json(raw["plan"])
-            reported = self.client.exists(self.store.report_key(plan.repo, sha))
-            complete = sum(k.startswith("r:") for k in raw) >= len(plan.chunks)
-            if reported:
-                self.clean(plan.repo, sha, len(plan.chunks))
-            elif complete:
+            repo = json.loads(raw)["repo"]
+            if self.client.exists(self.store.report_key(repo, sha)):
+                self.clean(repo, sha, int(k))
+            elif int(n) >= int(k):
                 logger.warning("reconciler: merging the chunks of %s", sha[:12])
-                self.finish(plan.repo, sha)
+                self.finish(repo, sha)
         return resent
 
 

@@ -11,8 +11,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from ciq.report import Report, Summary, TestResult
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import RedisServer, ciq_env, free_port, run_ciq, wait_for, wait_report
+from .conftest import RedisServer, Web, ciq_env, free_port, run_ciq, start_web, wait_report
 
 REPO = "/srv/git/project"
 RID = repo_id(REPO)
@@ -39,80 +37,6 @@ def as_json(data: Any) -> Any:
 
 def sha(n: int | str) -> str:
     return hashlib.sha1(str(n).encode()).hexdigest()
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    text: str
-
-    def json(self) -> Any:
-        return json.loads(self.text)
-
-
-@dataclass
-class Web:
-    """A `ciq web` subprocess and a tiny HTTP client for it."""
-
-    proc: subprocess.Popen
-    log: Path
-    port: int = 0
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def get(self, path: str) -> Reply:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=10) as r:
-                return Reply(r.status, {k.lower(): v for k, v in r.headers.items()},
-                             r.read().decode())
-        except urllib.error.HTTPError as e:
-            return Reply(e.code, {k.lower(): v for k, v in e.headers.items()},
-                         e.read().decode())
-
-    def json(self, path: str) -> Any:
-        reply = self.get(path)
-        assert reply.status == 200, (path, reply.status, reply.text)
-        return reply.json()
-
-
-def start_web(settings: Settings, log: Path) -> Web:
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "ciq", "web", "--port", str(port)],
-                                env=ciq_env(settings), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    web = Web(proc, log, port)
-
-    def answers() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(f"ciq web exited:\n{log.read_text()}")
-        try:
-            return web.get("/openapi.json").status == 200
-        except OSError:
-            return False
-
-    try:
-        wait_for(answers, 20, "ciq web to answer", interval=0.1)
-    except BaseException:
-        stop_process(proc)
-        raise
-    assert f"ciq: web UI on http://127.0.0.1:{port}/" in log.read_text()
-    return web
-
-
-@pytest.fixture(scope="module")
-def web(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    """One `ciq web` for the module, on the session's private Redis (each test empties
-    that Redis through the `store` fixture and fills it again)."""
-    folder = tmp_path_factory.mktemp("web")
-    settings = Settings(broker_url=redis_server.url, result_backend=redis_server.url,
-                        data_dir=folder / "data")
-    web = start_web(settings, folder / "web.log")
-    yield web
-    stop_process(web.proc)
 
 
 def claim(store: Store, n: int | str, branch: str | None = "main", subject: str = "",

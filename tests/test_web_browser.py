@@ -16,12 +16,11 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from ciq.processes import stop_process
-from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import RedisServer
-from .test_web import REPO, RID, XSS, Web, claim, finish, start_web
+# `web`: test_web's fixture, one `ciq web` for this module too.
+from .conftest import Web
+from .test_web import REPO, RID, XSS, claim, finish
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +30,6 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SHOTS = Path("/tmp/ciq-web-shots")
 #: Seconds a live change may take to show (the page polls every 2 s).
 LIVE_TIMEOUT = 10
-
-
-@pytest.fixture(scope="module")
-def web(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    """One `ciq web` for the module (each test refills the session's private Redis)."""
-    folder = tmp_path_factory.mktemp("web")
-    settings = Settings(broker_url=redis_server.url, result_backend=redis_server.url,
-                        data_dir=folder / "data")
-    web = start_web(settings, folder / "web.log")
-    yield web
-    stop_process(web.proc)
 
 
 def live_wait(driver: WebDriver) -> WebDriverWait:
