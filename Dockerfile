@@ -24,11 +24,11 @@ ARG PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
 # The dependencies get a layer of their own, rebuilt only when pyproject.toml changes.
-# setuptools wants the packages it is told about to exist, so empty ones stand in for
-# them during that install; the real ones replace them below.
+# setuptools finds the packages it installs, so empty top-level ones stand in for them
+# during that install; the real ones replace them below.
 COPY pyproject.toml README.md ./
-RUN mkdir -p ciq/web worker_config \
-    && touch ciq/__init__.py ciq/web/__init__.py worker_config/__init__.py \
+RUN mkdir -p ciq worker_config \
+    && touch ciq/__init__.py worker_config/__init__.py \
     && pip install . \
     && pip uninstall -y ciq \
     && rm -rf build ciq worker_config ciq.egg-info

@@ -82,8 +82,8 @@ import redis
 from harness import kill_leftovers, stop_process
 
 from ciq.gitrepo import normalise_repo
-from ciq.keys import repo_id
-from ciq.store import Store, task_id
+from ciq.store import Store
+from ciq.store.keys import repo_id, task_id
 
 WORKERS = ("chaos1", "chaos2", "chaos3")
 REPOS = ("alpha", "beta")

@@ -9,7 +9,7 @@ directory removed; raw numbers (every sample) go to ``bench/results/load.json``.
 
 One ``git fast-import`` makes ``--commits`` (500; 50 with ``--quick``) distinct commits: the
 first adds ``tests/test_three.py`` (3 trivial tests), each changes ``COUNTER``. Once the
-workers are ready all are submitted at once, oldest first, with ``Dispatcher.submit``. Until
+workers are ready all are submitted at once, oldest first, with ``Sender.submit``. Until
 every report is stored and the queue drained, two threads sample every ~2 s:
 
 (1) ``python -m ciq status REPO``, ``python -m ciq status``, ``python -m ciq status REPO
@@ -54,9 +54,10 @@ from pathlib import Path
 
 from harness import kill_leftovers, save_results, show_worker_logs, stop_process, wait_for
 
-from ciq.dispatch import Dispatcher
+from ciq.dispatch import Sender
 from ciq.settings import Settings
 from ciq.store import Store
+from ciq.store.keys import report as report_key
 
 THREE_TESTS = "".join(f"def test_{i}():\n    assert {i} + 1 == {i + 1}\n\n" for i in range(3))
 PERIOD = 2.0  # seconds between two rounds of probes, and between two memory samples
@@ -300,16 +301,16 @@ def run(w: World, n: int, n_workers: int) -> dict:
     if len(set(shas)) != n:
         raise RuntimeError(f"fast-import made {len(set(shas))} commits, not {n}")
     repo = str(w.root / "repo")  # as ciq.gitrepo.normalise_repo names it (root is resolved)
-    keys = [w.store.report_key(repo, sha) for sha in shas]
+    keys = [report_key(repo, sha) for sha in shas]
     workers = start_workers(w, n_workers)
-    dispatcher = Dispatcher.for_settings(
+    sender = Sender.for_store(
         Settings(broker_url=w.url, result_backend=w.url, data_dir=w.root / "cli"), w.store)
     time.sleep(PERIOD)  # let the workers' start-up buffers in Redis go
     used = {"before": redis_memory(w)}
     with Sampler(w, workers, redis_pid, repo, keys) as sampler:
         t0 = time.perf_counter()
         for sha in shas:
-            if not dispatcher.submit(repo, sha, "main", None):
+            if not sender.submit(repo, sha, "main", None):
                 raise RuntimeError(f"{sha[:12]} was already claimed")
         submitted = time.perf_counter() - t0
         sampler.submitted.set()

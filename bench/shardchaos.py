@@ -26,7 +26,7 @@ from pathlib import Path
 
 from harness import commit, free_port, git, kill_leftovers, save_results, stop_process
 
-from ciq.dispatch import Dispatcher
+from ciq.dispatch import Sender
 from ciq.settings import Settings
 from ciq.store import Store
 
@@ -74,13 +74,13 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while store.client.hlen("ciq:workers") < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        dispatcher = Dispatcher.for_settings(
+        sender = Sender.for_store(
             Settings(broker_url=url, result_backend=url, data_dir=root / "observer"), store)
         shas = []
         for k in range(opts.commits):
             (repo / "round.txt").write_text(str(k))
             shas.append(commit(repo, {}, f"round {k}"))
-            dispatcher.submit(str(repo), shas[-1], "main")
+            sender.submit(str(repo), shas[-1], "main")
         t0 = time.monotonic()
         while time.monotonic() - t0 < 300:
             if all(store.report(str(repo), s) for s in shas):

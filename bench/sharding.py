@@ -30,7 +30,7 @@ Redis hash ``ciq:workers`` shows it with its processes (the planner sizes the ch
 that count), and its entry is deleted when it stops (otherwise it would count for
 another 15 s).
 
-Each measurement: a new commit (``bench_round.txt``), t0, ``Dispatcher.submit`` (the
+Each measurement: a new commit (``bench_round.txt``), t0, ``Sender.submit`` (the
 Python API: no CLI start-up), poll Redis every 10 ms until the report is stored, t1.
 wall = t1 - t0. A report that did not pass is a failure of the benchmark. One warm-up
 commit per configuration and suite comes first, not measured: it records the durations
@@ -89,13 +89,14 @@ from harness import (
 )
 from harness import wait_for as shared_wait_for
 
-from ciq.dispatch import Dispatcher
+from ciq.dispatch import Sender
 from ciq.gitrepo import normalise_repo
 from ciq.report import Report
 from ciq.settings import Settings
-from ciq.sharding import WORKERS, Shards
-from ciq.shards import estimates
+from ciq.sharding.plan import estimates
 from ciq.store import Store
+from ciq.store.keys import WORKERS
+from ciq.store.shards import Shards
 
 #: Seconds one measured commit may take before the benchmark gives up on it.
 REPORT_TIMEOUT = 300.0
@@ -297,7 +298,7 @@ class Bench:
         self.env_dir = self.root / "envs"
         self.settings = Settings(broker_url=self.url, result_backend=self.url,
                                  data_dir=self.data_dir, env_dir=self.env_dir)
-        self.dispatcher = Dispatcher.for_settings(self.settings, self.store)
+        self.sender = Sender.for_store(self.settings, self.store)
         self.shards = Shards(self.store, self.settings.lease_ttl, self.settings.time_limit,
                              self.settings.output_limit)
 
@@ -354,7 +355,7 @@ class Bench:
         sha = commit(path, {"bench_round.txt": f"{self.rounds}\n"}, f"round {self.rounds}")
         known = self.shards.durations(repo)  # what the planner will go by
         t0, t0_epoch = time.perf_counter(), time.time()
-        if not self.dispatcher.submit(repo, sha, "main"):
+        if not self.sender.submit(repo, sha, "main"):
             raise RuntimeError(f"{sha[:12]} was already claimed")
         report: Report = wait_for(lambda: self.store.report(repo, sha), REPORT_TIMEOUT,
                                   f"the report of {sha[:12]}")

@@ -13,7 +13,7 @@ Raw numbers go to ``bench/results/spine.json``.
     -p no:cacheprovider`` in a clean worktree of the same commit. Overhead = (t1 - t0) -
     bare. Target: median overhead < 0.3 s.
 (b) Burst. 20 distinct commits made at once, all submitted through the Python API
-    (``Dispatcher.submit``; no CLI start-up per commit) to one worker of concurrency 1.
+    (``Sender.submit``; no CLI start-up per commit) to one worker of concurrency 1.
     Total = first submit to last report stored; baseline = sum of the bare pytest times
     of the same 20 commits, measured one by one after the burst. Target: total / sum < 1.3.
 (c) Recovery after a whole worker dies. Two workers with their own data folders (two
@@ -57,10 +57,11 @@ from harness import (
 )
 from harness import wait_for as shared_wait_for
 
-from ciq.dispatch import Dispatcher
+from ciq.dispatch import Sender
 from ciq.gitrepo import normalise_repo
 from ciq.settings import Settings
 from ciq.store import Store
+from ciq.store.keys import report as report_key
 
 TEN_TESTS = "".join(f"def test_{i}():\n    assert {i} == {i}\n\n" for i in range(10))
 MARKER_TEST = """\
@@ -162,7 +163,7 @@ class Bench:
 
 def ciq_command() -> list[str]:
     script = os.path.join(os.path.dirname(sys.executable), "ciq")
-    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "ciq.cli"]
+    return [script] if os.access(script, os.X_OK) else [sys.executable, "-m", "ciq"]
 
 
 def latency(b: Bench, n: int) -> dict:
@@ -207,16 +208,16 @@ def burst(b: Bench, n: int) -> dict:
     path, repo = b.new_repo({"tests/test_ten.py": TEN_TESTS, "burst.txt": "0\n"})
     data_dir = b.root / "host-b"
     worker = b.start_worker("bench", data_dir)
-    dispatcher = Dispatcher.for_settings(
+    sender = Sender.for_store(
         Settings(broker_url=b.url, result_backend=b.url, data_dir=data_dir), b.store)
     warm = git(path, "rev-parse", "HEAD")
-    dispatcher.submit(repo, warm, "main")
+    sender.submit(repo, warm, "main")
     b.wait_report(repo, warm)
     shas = [commit(path, {"burst.txt": f"{i + 1}\n"}, f"burst {i + 1}") for i in range(n)]
-    keys = [b.store.report_key(repo, sha) for sha in shas]
+    keys = [report_key(repo, sha) for sha in shas]
     t0 = time.perf_counter()
     for sha in shas:
-        if not dispatcher.submit(repo, sha, "main"):
+        if not sender.submit(repo, sha, "main"):
             raise RuntimeError(f"{sha[:12]} was already claimed")
     wait_for(lambda: b.store.client.exists(*keys) == len(keys), REPORT_TIMEOUT * n,
              "the burst's reports")
@@ -248,7 +249,7 @@ def kill_once(b: Bench, path: Path, repo: str, i: int) -> dict:
     sha = commit(path, {"tests/test_slow.py": MARKER_TEST.format(marker=str(marker))}, f"slow {i}")
     first = b.start_worker("bench1", b.root / "host-c1")
     settings = Settings(broker_url=b.url, result_backend=b.url, data_dir=b.root)
-    Dispatcher.for_settings(settings, b.store).submit(repo, sha, "main")
+    Sender.for_store(settings, b.store).submit(repo, sha, "main")
     wait_for(lambda: marker_lines(marker), 60, "the first run to start", 0.02)
     second = b.start_worker("bench2", b.root / "host-c2")
     killed_at = time.time()

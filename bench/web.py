@@ -22,9 +22,9 @@ from pathlib import Path
 
 from harness import free_port, kill_leftovers, save_results, stop_process
 
-from ciq.keys import repo_id
 from ciq.report import Report, Summary, TestResult
 from ciq.store import Store
+from ciq.store.keys import repo_id
 
 REPO = "/srv/git/lib"
 COMMITS, TESTS, TRIES = 1000, 200, 20

@@ -1,5 +1,5 @@
 """``python -m ciq`` is the ``ciq`` command."""
 
-from .launcher import main
+from .cli import main
 
 main()

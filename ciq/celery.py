@@ -12,8 +12,9 @@ from typing import Any
 from celery import Celery
 
 from .errors import ConfigError
-from .settings import SentinelURL, Settings
-from .worker import Housekeeping
+from .settings import Settings
+from .urls import SentinelURL
+from .worker.housekeeping import Housekeeping
 
 
 def _celery_url(url: str) -> tuple[str, dict[str, Any]]:

@@ -1,91 +1,152 @@
-"""Handing commits to the broker, once each.
+"""Handing work to the broker: the one sender of every message ciq puts there, and the
+reconciler that sends again what a dead run or a dead enqueuer left behind.
 
-A commit is first *claimed* in Redis (atomically, with its metadata and its place in the
-repository's history), then sent as a Celery message. Claiming is what makes enqueueing
-idempotent: a second observer, a restarted observer or a repeated `ciq enqueue` finds
-the claim and sends nothing. When the broker is the same Redis as the store (the
-default), claim and message are one atomic Lua step. Otherwise the commit sits in the
-store's unsent set until it is sent; if the enqueuer dies in between, a worker's
-reconciler sends it.
+Three kinds of message go out, all as Celery task messages (:mod:`ciq.message`):
+a new commit's run (claimed first, see :mod:`ciq.store.claims`), the chunks of a sharded
+commit, and the rerun of a commit or chunk whose run died. The :class:`Sender` is the one
+place that knows where each goes (the operator may route a repository to a queue of its
+own) and how: when the broker is the Redis of reports and leases, a message goes in the
+same atomic step as the state change that calls for it (the claim, the plan); otherwise
+it is pushed once that step is done, and a commit stays in the unsent set until then.
+
+The sender works over any :class:`~ciq.store.scripts.Redisish` connection: redis-py in
+workers and the observer, ciq's own RESP client on the push path (`ciq enqueue`), which
+is why this module imports no redis-py.
 """
 
 from __future__ import annotations
 
 import logging
-
-import redis
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .gitrepo import CommitInfo
-from .keys import CHUNK_TASK, RUN_TASK
 from .message import run_message
 from .settings import Settings
-from .store import Store, connect
+from .store import claims
+from .store.scripts import Redisish, RedisPy
 
-__all__ = ["RUN_TASK", "Dispatcher", "RedisSender", "make_sender"]
+if TYPE_CHECKING:
+    from .store.shards import Shards
+    from .store.store import Store
 
 logger = logging.getLogger(__name__)
 
+#: Seconds a claimed commit may stay unsent before the reconciler sends it; far above
+#: the few milliseconds between a claim and its send.
+UNSENT_AFTER = 30.0
 
-class RedisSender:
-    """Pushes run messages straight onto the broker's Redis list of a queue.
+
+@dataclass(frozen=True)
+class Message:
+    """One task message for the broker's list ``queue``.
 
     kombu's Redis transport pushes on the left (LPUSH) and workers pop from the right
-    (BRPOP). An ``urgent`` sender pushes on the right, so its message is the next one
-    taken: a commit whose run died is rerun at once, not behind a queue of new commits
-    (with 26 queued, a rerun otherwise started 38 s after its worker died).
+    (BRPOP). A ``first`` message is pushed on the right, so it is the next one taken:
+    chunks of a commit already started, and reruns of a commit whose run died, which
+    would otherwise wait behind a queue of new commits (with 26 queued, a rerun started
+    38 s after its worker died).
     """
 
-    def __init__(self, client: redis.Redis, queue: str, urgent: bool = False) -> None:
-        self.client = client
+    queue: str
+    body: str
+    first: bool = False
+
+
+class Sender:
+    """Puts ciq's messages on the broker (see the module's docstring)."""
+
+    def __init__(self, backend: Redisish, broker: Redisish, default_queue: str) -> None:
+        #: The Redis of reports and leases, where the operator's routes are.
+        self.backend = backend
+        self.broker = broker
         #: The queue of repositories the operator routes nowhere else (CIQ_QUEUE).
-        self.queue = queue
-        self.urgent = urgent
-
-    def message(self, repo: str, sha: str, branch: str | None, queue: str) -> str:
-        return run_message(repo, sha, branch, queue, RUN_TASK)
-
-    def __call__(self, repo: str, sha: str, branch: str | None,
-                 queue: str | None = None) -> None:
-        queue = queue or self.queue
-        push = self.client.rpush if self.urgent else self.client.lpush
-        push(queue, self.message(repo, sha, branch, queue))
-
-    def chunk(self, repo: str, sha: str, branch: str | None, index: int, queue: str) -> None:
-        """Queue chunk ``index`` of a sharded commit again, first in line."""
-        self.client.rpush(queue, run_message(repo, sha, branch, queue, CHUNK_TASK, index))
-
-
-def make_sender(settings: Settings, store: Store, urgent: bool = False) -> RedisSender:
-    """The sender for these settings; ``urgent`` ones jump the queue (see RedisSender).
-    Every ciq broker URL, Sentinel's too, is a Redis that :func:`~ciq.store.connect` opens
-    (a Sentinel client finds the master again after a failover)."""
-    if settings.broker_url == settings.result_backend:
-        return RedisSender(store.client, settings.queue, urgent)
-    return RedisSender(connect(settings.broker_url), settings.queue, urgent)
-
-
-class Dispatcher:
-    def __init__(self, store: Store, send: RedisSender) -> None:
-        self.store = store
-        self.send = send
+        self.default_queue = default_queue
+        #: The broker is the backend's Redis: state change and message are one step.
+        self.atomic = broker is backend
 
     @classmethod
-    def for_settings(cls, settings: Settings, store: Store) -> Dispatcher:
-        return cls(store, make_sender(settings, store))
+    def for_store(cls, settings: Settings, store: Store) -> Sender:
+        """The sender of a process that holds a :class:`~ciq.store.store.Store`."""
+        if settings.broker_is_backend:
+            return cls(store.conn, store.conn, settings.queue)
+        # redis-py, imported here only: the push path takes its fast path (ciq's own
+        # client) only when broker and backend are one Redis, so it never comes here.
+        from .store.client import connect
 
-    def submit(self, repo: str, sha: str, branch: str | None, info: CommitInfo | None = None
-               ) -> bool:
+        return cls(store.conn, RedisPy(connect(settings.broker_url)), settings.queue)
+
+    def queue_for(self, repo: str) -> str:
+        """Where the runs of ``repo`` go: the operator's route, read now, or the default."""
+        return claims.routed_queue(self.backend, repo) or self.default_queue
+
+    def run(self, repo: str, sha: str, branch: str | None, queue: str | None = None,
+            first: bool = False) -> Message:
+        """The message of a commit's run."""
+        queue = queue or self.queue_for(repo)
+        return Message(queue, run_message(repo, sha, branch, queue), first)
+
+    def chunk(self, repo: str, sha: str, branch: str | None, index: int,
+              queue: str) -> Message:
+        """The message of chunk ``index`` of a sharded commit: first in line, since its
+        commit has started."""
+        return Message(queue, run_message(repo, sha, branch, queue, index), first=True)
+
+    def push(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.broker.call("RPUSH" if m.first else "LPUSH", m.queue, m.body)
+
+    def along(self, messages: list[Message], step: Callable[[list[Message]], bool]) -> bool:
+        """Run a state change that calls for ``messages``: ``step(inline)`` must push the
+        ``inline`` messages in its own atomic step, and returns whether it took place.
+        When the broker is elsewhere it is given none, and they are pushed after it."""
+        if self.atomic:
+            return step(messages)
+        if not step([]):
+            return False
+        self.push(messages)
+        return True
+
+    def submit(self, repo: str, sha: str, branch: str | None,
+               info: CommitInfo | None = None) -> bool:
         """Enqueue one commit unless it was enqueued before. True if this call did."""
         meta = {"subject": info.subject, "author": info.author} if info else {}
-        queue = self.store.queue_for(repo) or self.send.queue
-        if self.send.client is self.store.client:
-            push = (queue, self.send.message(repo, sha, branch, queue))
-            if not self.store.claim(repo, sha, branch, meta, push=push):
-                return False
-        else:
-            if not self.store.claim(repo, sha, branch, meta):
-                return False
-            self.send(repo, sha, branch, queue)
-            self.store.mark_sent(repo, sha)
+
+        def claim(inline: list[Message]) -> bool:
+            message = (inline[0].queue, inline[0].body) if inline else None
+            return claims.claim(self.backend, repo, sha, branch, meta, message)
+
+        if not self.along([self.run(repo, sha, branch)], claim):
+            return False
+        if not self.atomic:
+            claims.mark_sent(self.backend, repo, sha)
         logger.info("dispatch: enqueued %s of %s (%s)", sha[:12], repo, branch or "-")
         return True
+
+
+def reconcile(store: Store, sender: Sender, unsent_after: float = UNSENT_AFTER,
+              shards: Shards | None = None) -> int:
+    """One pass of the reconciler; returns how many commits (and chunks) it sent again.
+
+    The Redis transport restores a dead worker's unacknowledged message only after its
+    visibility timeout (an hour by default) on a sweep that runs about every 100 s, so
+    ciq does not wait for it. A commit that started (took a lease) and has neither a
+    final report nor a live lease has lost its run: it is sent again at once, first in
+    line. A commit claimed but never sent (its enqueuer died in between) is sent too.
+    Extra copies are harmless: the lease and the final compare-and-set make them stand
+    down.
+    """
+    for _repo, sha, _branch in store.release_orphans():
+        logger.warning("reconciler: the run of %s died; enqueueing it again", sha[:12])
+    count = 0
+    for repo, sha, branch in store.unsent(unsent_after):
+        logger.info("reconciler: sending %s of %s", sha[:12], repo)
+        sender.push([sender.run(repo, sha, branch, first=True)])  # routed as it is now
+        store.mark_sent(repo, sha)
+        count += 1
+    if shards is not None:
+        count += shards.reconcile(
+            lambda repo, sha, branch, index, queue: sender.push(
+                [sender.chunk(repo, sha, branch, index, queue)]))
+    return count

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import BadInput, RepositoryError
+from .urls import is_url
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ _GIT_ENV = {
 }
 #: Seconds a fetch or clone may take before it is abandoned (a hung server).
 FETCH_TIMEOUT = 600
+#: New commits of a branch tested per poll or push at most (the newest ones); older ones
+#: of a huge push are skipped with a log line rather than flooding the queue.
+MAX_NEW_COMMITS = 500
 
 
 def validate_sha(sha: str) -> str:
@@ -91,7 +95,7 @@ def normalise_repo(repo: str) -> str:
     repo = repo.strip()
     if not repo or repo.startswith("-"):
         raise BadInput(f"{repo[:80]!r} is not a repository: give a path or a git URL")
-    if "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo):
+    if is_url(repo):
         if not _URL_RE.match(repo):
             raise BadInput(
                 f"{repo[:80]!r} is not a supported git URL: use https://, ssh://, git:// or file://"
@@ -257,18 +261,3 @@ class Mirror:
 def _info(commit) -> CommitInfo:
     subject = commit.message.split("\n", 1)[0] if isinstance(commit.message, str) else ""
     return CommitInfo(commit.hexsha, commit.author.name or "", subject)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a run's folder even if the code under test made parts of it read-only."""
-
-    def onerror(func, p, _exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            func(p)
-        except OSError:
-            pass
-
-    if path.exists():
-        shutil.rmtree(path, onerror=onerror)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import BadInput, CiqError
-from .gitrepo import normalise_repo
+from .errors import BadInput, HookError
+from .gitrepo import MAX_NEW_COMMITS, normalise_repo
 from .settings import Settings
+from .urls import is_url
 
 #: The hooks ciq writes.
 KINDS = ("post-commit", "post-receive")
@@ -38,8 +39,6 @@ SAVED_SUFFIX = ".pre-ciq"
 LOG_NAME = "ciq-hook.log"
 #: Seconds one background ``ciq enqueue`` may take (a Redis that never answers).
 ENQUEUE_TIMEOUT = 60
-#: New commits of one pushed branch enqueued at most, newest kept (the observer's limit).
-MAX_NEW_COMMITS = 500
 #: Bytes of log kept before it is moved to ``ciq-hook.log.1`` (in 512-byte blocks for
 #: POSIX ``find -size``: 2048 blocks are 1 MiB).
 LOG_BLOCKS = 2048
@@ -53,11 +52,6 @@ _GIT_LOCAL_VARS = frozenset((
     "GIT_REPLACE_REF_BASE", "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE",
     "GIT_COMMON_DIR",
 ))  # fmt: skip
-
-
-class HookError(CiqError):
-    """Raised when a hook cannot be installed or removed: another program's hook is in
-    the way, or the hooks folder cannot be written."""
 
 
 @dataclass(frozen=True)
@@ -105,15 +99,10 @@ def _git(path: str, *args: str) -> str:
     return done.stdout.rstrip("\n")
 
 
-def _is_url(repo: str) -> bool:
-    head = repo.split("/", 1)[0]
-    return "://" in repo or ("@" in head and ":" in head)
-
-
 def locate(repo_arg: str) -> Target:
     """The hooks of REPO, a local repository given by the path of its top folder (a
     working tree, or a bare repository's folder)."""
-    if _is_url(repo_arg.strip()):
+    if is_url(repo_arg.strip()):
         raise BadInput(f"{repo_arg[:80]} is a URL: a hook goes into a local repository; run "
                        "`ciq hook install` where the repository is (a server's bare one)")
     repo = normalise_repo(repo_arg)
@@ -163,21 +152,6 @@ def pinned(settings: Settings, given: Mapping[str, str] | None = None) -> dict[s
     if given is None or given.get(env["queue"]):
         out[env["queue"]] = settings.queue
     return out
-
-
-def redacted(url: str) -> str:
-    """A URL fit to print: every password in it (a Sentinel URL lists several hosts,
-    ``;``-separated) replaced by ``***``."""
-    return ";".join(_redact_one(part) for part in url.split(";"))
-
-
-def _redact_one(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return url.replace(f"{netloc[0]}@", f"{user}:***@", 1)
 
 
 _HEAD = """\

@@ -8,30 +8,19 @@ before parsing.
 from __future__ import annotations
 
 import os
-import re
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from .errors import JUnitError
 from .report import Report, TestResult
+from .text import xml_safe
 
 #: Bytes of JUnit XML ciq agrees to parse; a larger file is junk or an attack.
 MAX_JUNIT_BYTES = 50 * 1024 * 1024
 #: Characters of a failure message kept per test.
 MAX_MESSAGE_CHARS = 4000
-
-
-# Characters XML 1.0 cannot carry; test output is full of them (colours, NULs).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
-def _xml(text: str) -> str:
-    return _NOT_XML.sub("?", text)
-
-
-class JUnitError(ValueError):
-    """Raised when a JUnit XML file is missing, too large or not JUnit XML."""
 
 
 def _test_id(case: Element) -> str:
@@ -102,13 +91,13 @@ def to_junit(report: Report) -> str:
     )
     for t in report.tests:
         path, _, name = t.id.rpartition("::")
-        case = SubElement(suite, "testcase", classname=_xml(path), name=_xml(name),
+        case = SubElement(suite, "testcase", classname=xml_safe(path), name=xml_safe(name),
                           time=f"{t.duration:.3f}")
         if t.outcome in ("failed", "error", "skipped"):
             tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[t.outcome]
-            child = SubElement(case, tag, message=_xml(t.message.split("\n", 1)[0]))
-            child.text = _xml(t.message)
+            child = SubElement(case, tag, message=xml_safe(t.message.split("\n", 1)[0]))
+            child.text = xml_safe(t.message)
     if report.status in ("error", "timeout"):
         case = SubElement(suite, "testcase", classname="ciq", name=report.status)
-        SubElement(case, "error", message=_xml(report.message)).text = _xml(report.output)
+        SubElement(case, "error", message=xml_safe(report.message)).text = xml_safe(report.output)
     return tostring(suites, encoding="unicode", xml_declaration=True)

@@ -17,7 +17,12 @@ import os
 import uuid
 from typing import Any
 
-from .keys import task_id
+from .store.keys import task_id
+
+#: Name of the Celery task that tests one commit.
+RUN_TASK = "ciq.run"
+#: Name of the Celery task that runs one chunk of a sharded commit.
+CHUNK_TASK = "ciq.chunk"
 
 
 def args_repr(repo: str, sha: str, branch: str | None, chunk: int | None = None) -> str:
@@ -26,10 +31,12 @@ def args_repr(repo: str, sha: str, branch: str | None, chunk: int | None = None)
     return f"({repo!r}, {sha[:12]!r}, {branch!r}{more})"
 
 
-def run_message(repo: str, sha: str, branch: str | None, queue: str, task: str,
+def run_message(repo: str, sha: str, branch: str | None, queue: str,
                 chunk: int | None = None) -> str:
-    """The broker payload of one run of ``task`` for (repo, sha, branch), or of one
-    chunk of a sharded commit (:mod:`ciq.sharding`) when ``chunk`` is its index."""
+    """The broker payload of the run of (repo, sha, branch) on ``queue`` (task
+    :data:`RUN_TASK`), or of one chunk of a sharded commit (:data:`CHUNK_TASK`) when
+    ``chunk`` is its index."""
+    task = RUN_TASK if chunk is None else CHUNK_TASK
     tid = task_id(repo, sha, chunk)
     args: list[Any] = [repo, sha, branch, *([chunk] if chunk is not None else [])]
     body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]

@@ -4,7 +4,7 @@ It fetches into its own bare mirror (never touching anyone's working tree) and k
 position — the last SHA it handled per repository and branch — in Redis. New commits
 are enqueued oldest first; a branch seen for the first time, or rewritten by a
 force-push, has only its head tested. Enqueueing goes through the
-:class:`~ciq.dispatch.Dispatcher`, whose claims make it idempotent: an observer killed
+:class:`~ciq.dispatch.Sender`, whose claims make it idempotent: an observer killed
 between enqueueing and saving its position, or a second observer on the same
 repository, enqueues nothing twice.
 """
@@ -18,17 +18,13 @@ from pathlib import Path
 
 import redis
 
-from .dispatch import Dispatcher
+from .dispatch import Sender
 from .errors import CiqError, RepositoryError
-from .gitrepo import CommitInfo, Mirror
-from .keys import repo_id
-from .store import Store
+from .gitrepo import MAX_NEW_COMMITS, CommitInfo, Mirror
+from .store.keys import repo_id
+from .store.store import Store
 
 logger = logging.getLogger(__name__)
-
-#: New commits enqueued per branch and poll at most (count); older ones of a huge push
-#: are skipped with a log line rather than flooding the queue.
-MAX_NEW_COMMITS = 500
 
 
 @dataclass(frozen=True)
@@ -47,11 +43,11 @@ class PollResult:
 
 
 class Observer:
-    def __init__(self, watches: list[Watch], store: Store, dispatcher: Dispatcher,
+    def __init__(self, watches: list[Watch], store: Store, sender: Sender,
                  data_dir: Path) -> None:
         self.watches = watches
         self.store = store
-        self.dispatcher = dispatcher
+        self.sender = sender
         self.mirror_root = data_dir / "mirrors"
         # A repository's default branch, asked of its remote once (an ls-remote per poll
         # would double the network round trips of every poll).
@@ -117,7 +113,7 @@ class Observer:
     def _submit(self, repo: str, branch: str, commits: list[CommitInfo]) -> list[str]:
         done = []
         for info in commits:
-            if self.dispatcher.submit(repo, info.sha, branch, info):
+            if self.sender.submit(repo, info.sha, branch, info):
                 done.append(info.sha)
         return done
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .settings import NOTIFY_ON, email_problem, webhook_problem
+from .settings import NOTIFY_ON
+from .urls import email_problem, webhook_problem
 
 #: What each key holds; `url` and `branches` only make sense in the operator's file.
 _KINDS: dict[str, str] = {

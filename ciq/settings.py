@@ -10,15 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from .errors import ConfigError
+from .urls import SentinelURL, SmtpURL, email_problem, webhook_problem
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 #: The Celery configuration module workers load unless CIQ_CELERY_CONFIG names another.
 DEFAULT_CELERY_CONFIG = "worker_config.celeryconfig"
-#: Port of a Sentinel given without one (Redis's own default for sentinels).
-SENTINEL_PORT = 26379
 #: When a branch's report is worth a notification (CIQ_NOTIFY_ON, a repository's
 #: ``notify.on``): when it goes from passed to not (``broken``) and back (``fixed``);
 #: also every non-passed report (``failure``); every report (``always``); never.
@@ -28,118 +26,6 @@ NOTIFY_ON = ("change", "failure", "always", "never")
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
     base = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "ciq"
-
-
-@dataclass(frozen=True)
-class SentinelURL:
-    """A Redis reached through Sentinel, as one URL that every ciq process understands:
-
-        sentinel://[[USER]:PASSWORD@]HOST[:PORT][/DB][;sentinel://HOST2[:PORT]...]?master_name=NAME
-
-    Celery's own form (sentinels separated by ``;``; database, user and password taken
-    from the first) plus the master's name, which Celery takes as a transport option
-    instead: ciq strips it from the URL it gives Celery and sets ``master_name`` in
-    ``broker_transport_options`` / ``result_backend_transport_options``. Keeping it in the
-    URL lets everything that passes the URL around (workers, git hooks) carry it along.
-    """
-
-    sentinels: tuple[tuple[str, int], ...]
-    master_name: str
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    #: The URL without the master's name: what Celery and kombu are given.
-    celery_url: str = ""
-
-    @classmethod
-    def parse(cls, url: str) -> SentinelURL:
-        sentinels: list[tuple[str, int]] = []
-        names: set[str] = set()
-        chunks = []
-        for chunk in url.split(";"):
-            parts = urlsplit(chunk.strip())
-            if parts.scheme != "sentinel" or not parts.hostname:
-                raise ConfigError(f"{chunk!r} is not of the form sentinel://HOST[:PORT][/DB]")
-            query = parse_qs(parts.query, keep_blank_values=True)
-            unknown = sorted(set(query) - {"master_name"})
-            if unknown:
-                raise ConfigError(f"a Sentinel URL takes only ?master_name=NAME, not {unknown[0]}")
-            names.update(query.get("master_name", []))
-            try:
-                sentinels.append((parts.hostname, parts.port or SENTINEL_PORT))
-            except ValueError:
-                raise ConfigError(f"{chunk!r} has a bad port") from None
-            chunks.append(parts._replace(query="").geturl())
-        if len(names) != 1 or not next(iter(names)):
-            raise ConfigError("a Sentinel URL needs the master's name, once: add "
-                              "?master_name=NAME (the name in `sentinel monitor NAME ...`)")
-        first = urlsplit(url.split(";")[0])
-        path = first.path.strip("/")
-        if path and not path.isdigit():
-            raise ConfigError(f"{path!r} is not a database number")
-        return cls(
-            sentinels=tuple(sentinels), master_name=names.pop(), db=int(path or 0),
-            username=unquote(first.username) if first.username else None,
-            password=unquote(first.password) if first.password is not None else None,
-            celery_url=";".join(chunks),
-        )  # fmt: skip
-
-
-def webhook_problem(url: str) -> str | None:
-    """Why ``url`` cannot be a webhook (None if it can): an http(s) URL with a host."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "is not an http:// or https:// URL with a host"
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return "has a bad port"
-    return None
-
-
-def email_problem(address: str) -> str | None:
-    """Why ``address`` cannot be a recipient (None if it can): one plain user@domain."""
-    local, at, domain = address.partition("@")
-    if not (at and local and domain.strip(".")) or any(
-            c in address for c in " \t\r\n,;<>\"") or address.count("@") != 1:
-        return "is not an address like dev@example.org"
-    return None
-
-
-@dataclass(frozen=True)
-class SmtpURL:
-    """Where notification mail goes, as one URL:
-
-        smtp://[USER:PASSWORD@]HOST[:PORT]            plain (port 25), e.g. a local relay
-        smtp+starttls://USER:PASSWORD@HOST[:PORT]     STARTTLS (port 587)
-        smtps://USER:PASSWORD@HOST[:PORT]             TLS from the start (port 465)
-
-    The user and password are percent-decoded (``%40`` for an ``@`` in a user name).
-    """
-
-    scheme: str
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
-
-    @classmethod
-    def parse(cls, url: str) -> SmtpURL:
-        parts = urlsplit(url)
-        if parts.scheme not in cls.PORTS or not parts.hostname:
-            raise ConfigError("is not of the form smtp://HOST[:PORT], "
-                              "smtp+starttls://USER:PASSWORD@HOST[:PORT] or smtps://...")
-        try:
-            port = parts.port or cls.PORTS[parts.scheme]
-        except ValueError:
-            raise ConfigError("has a bad port") from None
-        return cls(
-            scheme=parts.scheme, host=parts.hostname, port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -347,6 +233,12 @@ class Settings:
                 raise ConfigError(f"{var} is set and differs from {mine}; ciq takes its "
                                   f"Redis from {mine}: unset {var}")
         return settings
+
+    @property
+    def broker_is_backend(self) -> bool:
+        """Whether the broker is the Redis of reports and leases: a message can then go
+        on the queue in the same atomic step as the state change that calls for it."""
+        return self.broker_url == self.result_backend
 
     @property
     def env_root(self) -> Path:

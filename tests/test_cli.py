@@ -12,16 +12,7 @@ from ciq.report import Report, Summary, TestResult
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, free_port, run_ciq
-
-
-def assert_one_line_error(done, *words: str) -> None:
-    assert done.returncode != 0, done.stdout
-    assert "Traceback" not in done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, done.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
+from .helpers import PASSING, assert_one_line_error, free_port, run_ciq
 
 
 def test_enqueue_a_path_that_is_not_there(settings: Settings) -> None:
@@ -93,7 +84,7 @@ def test_a_bad_setting_is_one_line(settings: Settings) -> None:
     import subprocess
     import sys
 
-    from .conftest import ciq_env
+    from .helpers import ciq_env
 
     done = subprocess.run([sys.executable, "-m", "ciq", "status"],
                           env=ciq_env(bad, CIQ_TIME_LIMIT="forever"), capture_output=True,
@@ -132,7 +123,7 @@ def on_a_terminal(settings: Settings, *args: str) -> str:
     import subprocess
     import sys
 
-    from .conftest import ciq_env
+    from .helpers import ciq_env
 
     leader, follower = pty.openpty()
     try:
@@ -231,7 +222,7 @@ def test_up_once_runs_the_sample_and_stops_everything(settings: Settings, tmp_pa
     import subprocess
     import sys
 
-    from .conftest import ciq_env
+    from .helpers import ciq_env
 
     # Given no broker configured: `ciq up` must start a private Redis of its own
     env = {k: v for k, v in ciq_env(settings).items()
@@ -268,7 +259,7 @@ def test_up_serves_the_web_ui_until_ctrl_c(settings: Settings, tmp_path: Path) -
 
     from ciq.processes import stop_process
 
-    from .conftest import ciq_env, wait_for
+    from .helpers import ciq_env, wait_for
 
     env = {k: v for k, v in ciq_env(settings).items()
            if k not in ("CIQ_BROKER_URL", "CIQ_RESULT_BACKEND")}

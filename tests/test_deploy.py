@@ -31,7 +31,7 @@ from ciq.processes import stop_process
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, REDIS_MISSING, free_port, run_ciq, wait_for, wait_report
+from .helpers import PASSING, REDIS_MISSING, free_port, run_ciq, wait_for, wait_report
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -390,9 +390,10 @@ def test_the_dockerfile_runs_this_package_as_a_user_that_is_not_root(
 def test_the_build_context_holds_every_package_and_no_secret() -> None:
     copied = {src.rstrip("/") for k, rest in dockerfile() if k == "COPY"
               for src in rest.split()[:-1] if not src.startswith("--")}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    # A subpackage (ciq.web) comes with its top-level folder.
-    tops = {name.split(".")[0] for name in packages["packages"]}
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    # Subpackages (ciq.web, ciq.store...) come with their top-level folder.
+    tops = {pattern.rstrip("*").split(".")[0] for pattern in find["include"]}
     for needed in ["pyproject.toml", "README.md", *sorted(tops)]:
         assert needed in copied, f"the Dockerfile does not copy {needed}"
     for source in copied:

@@ -26,7 +26,7 @@ from ciq.repoconfig import operator_file
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import (
+from .helpers import (
     PASSING,
     alive,
     children,

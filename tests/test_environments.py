@@ -17,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ciq.environments import (
-    DEPENDENCY_FILES,
-    READY,
-    EnvCache,
-    Python,
-    installed_from,
-    recipe_for,
-)  # fmt: skip
 from ciq.repoconfig import RepoConfig
+from ciq.runner.environments import READY, EnvCache, installed_from
+from ciq.runner.recipe import DEPENDENCY_FILES, Python, recipe_for
 
-from .conftest import run_ciq, wait_for, wait_report
+from .helpers import run_ciq, wait_for, wait_report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,7 +133,7 @@ def test_the_project_is_found_by_its_direct_url(tmp_path: Path):
 HOLDER = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, {root!r})
-    from ciq.environments import EnvCache
+    from ciq.runner.environments import EnvCache
     cache = EnvCache(__import__("pathlib").Path({cache!r}), 5)
     entry = cache.acquire({key!r}, time.monotonic() + 60)
     log = open({log!r}, "a")

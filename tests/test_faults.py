@@ -17,8 +17,16 @@ from ciq.message import run_message
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, alive, run_ciq, settings_for, wait_for, wait_report
-from .test_scenarios import marker_test, runs_in
+from .helpers import (
+    PASSING,
+    alive,
+    marker_test,
+    run_ciq,
+    runs_in,
+    settings_for,
+    wait_for,
+    wait_report,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +174,7 @@ def test_a_pickled_message_is_rejected_and_never_executed(
             return (os.system, (f"touch {proof}",))
 
     body = pickle.dumps(Exploit())
-    envelope = json.loads(run_message("/r", "a" * 40, None, settings.queue, "ciq.run"))
+    envelope = json.loads(run_message("/r", "a" * 40, None, settings.queue))
     envelope["body"] = base64.b64encode(body).decode()
     envelope["content-type"] = "application/x-python-serialize"
     envelope["content-encoding"] = "binary"
@@ -196,7 +204,7 @@ def test_a_duplicate_delivery_of_a_live_run_stands_down(
     # When the broker delivers the same message again (as its restore sweep does for a
     # run longer than the visibility timeout)
     store.client.lpush(settings.queue, run_message(str(repo.path), repo.head(), "main",
-                                                   settings.queue, "ciq.run"))
+                                                   settings.queue))
 
     # Then the copy stands down: one run, one report, attempts 1
     report = wait_report(store, str(repo.path), repo.head(), timeout=30)
@@ -206,7 +214,7 @@ def test_a_duplicate_delivery_of_a_live_run_stands_down(
 
 
 def test_a_redis_with_a_password(tmp_path: Path, worker, make_repo):
-    from .conftest import RedisServer
+    from .helpers import RedisServer
 
     server = RedisServer(tmp_path / "secret-redis")
     server.start()
@@ -265,7 +273,7 @@ def test_a_redis_over_tls(tmp_path: Path, worker, make_repo):
     import shutil
     import subprocess
 
-    from .conftest import free_port, stop_process
+    from .helpers import free_port, stop_process
 
     # Given a redis-server that speaks only TLS, with a certificate of our own
     subprocess.run(

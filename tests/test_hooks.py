@@ -13,12 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from ciq import hooks
+from ciq import hooks, urls
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, GitRepo, ciq_env, free_port, run_ciq, wait_for, wait_report
-from .test_cli import assert_one_line_error
+from .helpers import (
+    PASSING,
+    GitRepo,
+    assert_one_line_error,
+    ciq_env,
+    free_port,
+    run_ciq,
+    wait_for,
+    wait_report,
+)
 
 FOREIGN = "#!/bin/sh\necho \"$0 ran\" >> \"$(git rev-parse --git-dir)/foreign.log\"\n"
 
@@ -334,9 +342,9 @@ def test_what_a_hook_fixes(settings: Settings, tmp_path: Path) -> None:
         "CIQ_BROKER_URL": url, "CIQ_RESULT_BACKEND": url}
     assert hooks.pinned(Settings(queue="ci"), {"CIQ_QUEUE": "ci"}) == {"CIQ_QUEUE": "ci"}
     assert set(hooks.pinned(settings)) == {"CIQ_BROKER_URL", "CIQ_RESULT_BACKEND", "CIQ_QUEUE"}
-    assert hooks.redacted("redis://u:s3cret@h:1/0") == "redis://u:***@h:1/0"
-    assert hooks.redacted("redis://:s3cret@h:1/0") == "redis://:***@h:1/0"
-    assert hooks.redacted(url) == url
+    assert urls.redacted("redis://u:s3cret@h:1/0") == "redis://u:***@h:1/0"
+    assert urls.redacted("redis://:s3cret@h:1/0") == "redis://:***@h:1/0"
+    assert urls.redacted(url) == url
     # this ciq, by absolute path; a venv's python is not resolved to its base
     venv = tmp_path / "venv" / "bin"
     venv.mkdir(parents=True)

@@ -22,17 +22,19 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from ciq import notify
-from ciq.delivery import Deliverer, backoff
 from ciq.errors import ConfigError
-from ciq.keys import repo_id
-from ciq.notify import DEAD, DUE, EVENTS, INFLIGHT, kind_of, wanted
+from ciq.notify import targets
+from ciq.notify.delivery import Deliverer, backoff
+from ciq.notify.events import KINDS, WANTED, headline, kind_of, wanted
 from ciq.repoconfig import RepoConfig, from_checkout, operator_file
 from ciq.report import Report, Summary, TestResult
 from ciq.settings import Settings
 from ciq.store import Store
+from ciq.store.events import event_of
+from ciq.store.keys import DEAD, DUE, EVENTS, INFLIGHT, branch_state, repo_id
+from ciq.urls import repo_name
 
-from .conftest import PASSING, free_port, run_ciq, wait_for, wait_report
+from .helpers import PASSING, free_port, run_ciq, wait_for, wait_report
 
 RED = {"tests/test_ok.py": "def test_ok():\n    assert 1 == 2, 'one is not two'\n"}
 SECRET = "It's a Secret to Everybody"
@@ -154,7 +156,7 @@ def test_transitions(previous: str | None, status: str, kind: str):
 
 
 def test_what_each_on_setting_sends():
-    sent = {on: [k for k in notify.KINDS if wanted(k, on)] for on in notify.WANTED}
+    sent = {on: [k for k in KINDS if wanted(k, on)] for on in WANTED}
     assert sent == {
         "change": ["broken", "fixed"],
         "failure": ["broken", "still-failing", "fixed"],
@@ -165,7 +167,7 @@ def test_what_each_on_setting_sends():
 
 def test_signature_is_githubs_hmac_sha256():
     # The example of GitHub's "Validating webhook deliveries" page.
-    assert notify.signature(SECRET, b"Hello, World!") == (
+    assert targets.signature(SECRET, b"Hello, World!") == (
         "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
 
 
@@ -185,7 +187,7 @@ def sample_event(**changes: Any) -> dict[str, Any]:
             + [TestResult("tests/test_y.py::test_ok", "passed")]),
         finished_at="2024-05-01T10:00:00.000+00:00", duration=1.5, worker="w1@host",
     )  # fmt: skip
-    event = notify.event_of(report, "e1")
+    event = event_of(report, "e1")
     event.update(kind="broken", subject="add red b", author="Dev",
                  previous={"status": "passed", "commit": "0123456789ab" * 3 + "0123",
                            "finished_at": "2024-05-01T09:00:00.000+00:00"})
@@ -195,7 +197,7 @@ def sample_event(**changes: Any) -> dict[str, Any]:
 
 def test_email_subject_and_body_say_what_broke_and_link_to_the_commit():
     event = sample_event()
-    msg = notify.email_message(event, "ci@example.org", ("dev@example.org",),
+    msg = targets.email_message(event, "ci@example.org", ("dev@example.org",),
                                "https://ci.example.org/")
     assert msg["Subject"] == "[ciq] main broken: 4 failed at abc123def456 (lib)"
     assert msg["X-Ciq-Event"] == "broken" and msg["X-Ciq-Delivery"] == "e1"
@@ -210,24 +212,24 @@ def test_email_subject_and_body_say_what_broke_and_link_to_the_commit():
         assert line in body.splitlines(), line
     assert "more detail" not in body and "test_ok" not in body
     # The other kinds
-    assert notify.headline(sample_event(kind="fixed", status="passed",
+    assert headline(sample_event(kind="fixed", status="passed",
                                         summary={"passed": 10, "total": 10})) == (
         "main fixed: 10 passed at abc123def456 (lib)")
-    assert notify.headline(sample_event(kind="still-failing", status="timeout")) == (
+    assert headline(sample_event(kind="still-failing", status="timeout")) == (
         "main still failing: timeout at abc123def456 (lib)")
-    assert notify.repo_name("https://git.example.org/team/service.git") == "service"
-    assert notify.repo_name("git@host:team/tool.git") == "tool"
+    assert repo_name("https://git.example.org/team/service.git") == "service"
+    assert repo_name("git@host:team/tool.git") == "tool"
 
 
 def test_webhook_body_and_headers():
     event = sample_event()
-    body = notify.webhook_body(event, None)
+    body = targets.webhook_body(event, None)
     data = json.loads(body)
-    assert data["url"] is None and data["title"] == notify.headline(event)
-    headers = notify.webhook_headers(event, body, "s3")
+    assert data["url"] is None and data["title"] == headline(event)
+    headers = targets.webhook_headers(event, body, "s3")
     assert headers["X-Ciq-Signature"] == "sha256=" + hmac.new(
         b"s3", body, hashlib.sha256).hexdigest()
-    assert "X-Ciq-Signature" not in notify.webhook_headers(event, body, None)
+    assert "X-Ciq-Signature" not in targets.webhook_headers(event, body, None)
 
 
 @pytest.mark.parametrize(("env", "message"), [
@@ -271,8 +273,8 @@ def test_operator_file_notify_table(tmp_path: Path):
     assert "s3cr3t" not in repr(config) and "T0K3N" not in repr(config)
     again = RepoConfig.parse(config.to_dict(), "stored")
     assert again.notify == config.notify
-    plan = notify.Plan.of(Settings(webhook_url="https://all.example.org/h",
-                                   webhook_secret="global"), config.notify)
+    plan = targets.Targets.of(Settings(webhook_url="https://all.example.org/h",
+                                       webhook_secret="global"), config.notify)
     assert [(h.url, h.secret) for h in plan.webhooks] == [
         ("https://all.example.org/h", "global"), ("https://hooks.example.org/T0K3N", "s3cr3t")]
     assert plan.on == "failure" and plan.emails == ("dev@example.org",)
@@ -366,7 +368,7 @@ def test_reports_without_a_branch_make_no_event(store: Store):
 
 
 def test_a_damaged_branch_state_does_not_stop_the_report(store: Store):
-    store.client.hset(notify.BRANCH_STATE + repo_id(REPO), "main", "{not json")
+    store.client.hset(branch_state(repo_id(REPO)), "main", "{not json")
     seen(store, "7" * 40)
     assert store.finish(report("7" * 40, "failed"))
     assert [(e["kind"], e["previous"]) for e in events(store)] == [("broken", None)]
@@ -428,7 +430,7 @@ def test_a_retry_goes_only_to_the_targets_that_failed_and_the_repos_settings_cou
                                                      for h in own.hits[1:]]
     for hook, secret in ((everyone, "global-secret"), (own, "mine")):
         for hit in hook.hits:
-            assert hit.headers["X-Ciq-Signature"] == notify.signature(secret, hit.body)
+            assert hit.headers["X-Ciq-Signature"] == targets.signature(secret, hit.body)
             assert secret not in hit.body.decode()
     assert not store.client.hlen(EVENTS)
 
@@ -440,7 +442,7 @@ def test_an_event_no_target_takes_is_given_up_and_kept(
     s = replace(settings, webhook_url=hook.url, webhook_secret="s3cr3t")
     event_id = one_broken_event(store)
     deliverer = Deliverer(store, s, backoff=0.01, max_tries=3)
-    with caplog.at_level(logging.WARNING, logger="ciq.delivery"):
+    with caplog.at_level(logging.WARNING, logger="ciq.notify.delivery"):
         wait_for(lambda: deliverer.run_once() == 0 and store.client.llen(DEAD), 5,
                  "the event to be given up")
     assert len(hook.hits) == 3

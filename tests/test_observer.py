@@ -8,7 +8,7 @@ import subprocess
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, run_ciq, wait_for
+from .helpers import PASSING, run_ciq, wait_for
 
 
 def observe_once(settings: Settings, repo, *args: str) -> subprocess.CompletedProcess:

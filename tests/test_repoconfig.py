@@ -11,7 +11,7 @@ from ciq.repoconfig import RepoConfig, from_checkout, operator_file
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import run_ciq, wait_report
+from .helpers import run_ciq, wait_report
 
 
 def test_settings_parse_and_the_commit_wins_key_by_key() -> None:
@@ -167,3 +167,12 @@ def test_without_settings_tests_are_found_where_pytest_would_find_them(
     assert [t.id for t in r.tests] == ["pkg/test_inside.py::test_inside"]
     r = wait_report(store, str(src.path), src.head())
     assert (r.status, r.summary.passed) == ("passed", 1), r.output
+
+
+def test_a_queue_must_be_a_plain_name(tmp_path: Path):
+    from ciq.errors import ConfigError
+    from ciq.repoconfig import RepoConfig
+
+    assert RepoConfig.parse({"queue": "gpu-2"}, "ops.toml").queue == "gpu-2"
+    with pytest.raises(ConfigError, match="'queue' must be a plain name"):
+        RepoConfig.parse({"queue": "a b"}, "ops.toml")

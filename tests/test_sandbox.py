@@ -10,9 +10,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from ciq.runner import run_environment, run_sandboxed
+from ciq.runner.process import run_environment, run_sandboxed
 
-from .conftest import alive, wait_for
+from .helpers import alive, wait_for
 
 
 def _script(tmp_path: Path, code: str) -> list[str]:
@@ -87,7 +87,7 @@ def test_killing_the_worker_process_kills_the_tests(tmp_path: Path) -> None:
     """)
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import os, pathlib
-        from ciq.runner import run_sandboxed
+        from ciq.runner.process import run_sandboxed
         run_sandboxed({cmd!r}, pathlib.Path({str(tmp_path)!r}), dict(os.environ), 600, 4096,
                       pathlib.Path({str(tmp_path / "pgid")!r}))
     """)])

@@ -11,7 +11,7 @@ import pytest
 from ciq.settings import Settings
 from ciq.store import Store
 
-from .conftest import PASSING, run_ciq, wait_report
+from .helpers import PASSING, run_ciq, wait_report
 
 
 @pytest.mark.slow
@@ -47,28 +47,3 @@ def test_heavy_repositories_go_to_the_hosts_that_take_them(
     # And each host keeps its own mirrors, of the repositories it ran only
     for host in ("host-big", "host-small"):
         assert len(list((tmp_path / host / "mirrors").glob("*.git"))) == 1
-
-
-def test_a_commit_sent_again_goes_to_its_repository_queue(
-    make_repo, store: Store, settings: Settings, tmp_path: Path
-):
-    from ciq.dispatch import make_sender
-    from ciq.reconciler import reconcile
-
-    repo = make_repo(PASSING)
-    store.set_repo_config(str(repo.path), "ops.toml", {"url": str(repo.path),
-                                                        "queue": "heavy"})
-    # A commit claimed but never sent (its enqueuer died) is sent by a worker's
-    # reconciler to the repository's queue, not to the default one
-    assert store.claim(str(repo.path), repo.head(), "main", {})
-    assert reconcile(store, make_sender(settings, store), unsent_after=0) == 1
-    assert store.client.llen("heavy") == 1 and store.client.llen(settings.queue) == 0
-
-
-def test_a_queue_must_be_a_plain_name(tmp_path: Path):
-    from ciq.errors import ConfigError
-    from ciq.repoconfig import RepoConfig
-
-    assert RepoConfig.parse({"queue": "gpu-2"}, "ops.toml").queue == "gpu-2"
-    with pytest.raises(ConfigError, match="'queue' must be a plain name"):
-        RepoConfig.parse({"queue": "a b"}, "ops.toml")

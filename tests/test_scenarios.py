@@ -15,31 +15,21 @@ from pathlib import Path
 import pytest
 
 from ciq.settings import Settings
-from ciq.store import Store, task_id
+from ciq.store import Store
+from ciq.store.keys import task_id
 
-from .conftest import PASSING, alive, ciq_env, run_ciq, wait_for, wait_report
+from .helpers import (
+    PASSING,
+    alive,
+    ciq_env,
+    marker_test,
+    run_ciq,
+    runs_in,
+    wait_for,
+    wait_report,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def marker_test(marker: Path, sleep_first: float) -> str:
-    """A test that records each run (and its pid) in ``marker``; the first run sleeps."""
-    return f"""\
-import os, pathlib, time
-
-MARK = pathlib.Path({str(marker)!r})
-
-def test_records_its_run():
-    runs = MARK.read_text().splitlines() if MARK.exists() else []
-    with MARK.open("a") as fh:
-        fh.write(f"{{os.getpid()}}\\n")
-    if not runs:
-        time.sleep({sleep_first})
-"""
-
-
-def runs_in(marker: Path) -> list[int]:
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
 
 
 def test_three_commits_in_one_poll_interval_give_three_ordered_reports(
@@ -341,7 +331,7 @@ def test_flower_shows_runs_with_readable_names_and_arguments(
 
     from ciq.message import args_repr
 
-    from .conftest import free_port, stop_process
+    from .helpers import free_port, stop_process
 
     port = free_port()
     # Flower's JSON API answers only behind authentication (or when told it need not)

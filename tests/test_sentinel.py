@@ -17,10 +17,11 @@ import redis
 from ciq.celery import create_app
 from ciq.errors import ConfigError
 from ciq.processes import stop_process
-from ciq.settings import SentinelURL, Settings
-from ciq.store import Store
+from ciq.settings import Settings
+from ciq.store import Store, keys
+from ciq.urls import SentinelURL
 
-from .conftest import PASSING, REDIS_MISSING, RedisServer, free_port, run_ciq, wait_for, wait_report
+from .helpers import PASSING, REDIS_MISSING, RedisServer, free_port, run_ciq, wait_for, wait_report
 
 MASTER = "ciqmaster"
 
@@ -221,7 +222,7 @@ def test_enqueue_status_and_report_through_sentinel(
     assert junit.returncode == 0 and "<testsuite" in junit.stdout
     # And everything is in the master the sentinel named, the queue drained
     with redis.Redis(port=setup.master.port) as direct:
-        assert direct.exists(Store.report_key(name, repo.head()))
+        assert direct.exists(keys.report(name, repo.head()))
         assert direct.llen(s.queue) == 0
     assert "sentinel://" in w.log_text()
     store.client.close()

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from ciq.settings import Settings
-from ciq.sharding import SHARDED, Shards, durations_key
-from ciq.store import Store, repo_id
+from ciq.store import Store, keys
+from ciq.store.keys import SHARDED, repo_id
+from ciq.store.shards import Shards
 
-from .conftest import run_ciq, wait_for, wait_report
+from .helpers import run_ciq, wait_for, wait_report
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def test_a_commit_is_split_over_two_workers_and_merged_into_one_report(
     assert 1.0 <= report.timings["test"] <= report.duration
     # And the plan is gone, the durations are kept for the next plan
     assert not store.client.sismember(SHARDED, f"{repo_id(str(repo.path))}:{repo.head()}")
-    kept = store.client.hgetall(durations_key(repo_id(str(repo.path))))
+    kept = store.client.hgetall(keys.durations(repo_id(str(repo.path))))
     assert len(kept) == 8 and all(float(v) >= 0.5 for v in kept.values())
     # And `ciq report` says how it was split
     shown = run_ciq(settings, "report", str(repo.path), repo.head()).stdout
@@ -80,7 +81,7 @@ def test_a_failing_chunk_fails_the_commit_and_a_test_that_kills_pytest_is_an_err
     repo = make_repo(files)
     path = str(repo.path)
     # As measured before: the two are the longest, each a chunk of its own.
-    store.client.hset(durations_key(repo_id(path)), mapping={
+    store.client.hset(keys.durations(repo_id(path)), mapping={
         "tests/test_exit.py::test_exit": 10, "tests/test_red.py::test_red": 9})
     worker("w1", concurrency=2)
     report = wait_report(store, path, enqueue(settings, path))
@@ -107,7 +108,7 @@ def test_fail_fast_reports_at_the_first_failing_chunk_and_names_what_did_not_run
     repo = make_repo(files)
     path = str(repo.path)
     # Durations as if measured before: the red test is the longest, so it goes first.
-    store.client.hset(durations_key(repo_id(path)), mapping={
+    store.client.hset(keys.durations(repo_id(path)), mapping={
         "tests/test_red.py::test_red": 30, **{f"tests/test_slow{i}.py::test_{i}": 3
                                               for i in range(6)}})
     worker("w1")  # one process: the chunks run one after the other
@@ -132,7 +133,7 @@ def test_a_chunk_whose_worker_dies_runs_again_elsewhere_and_the_merge_waits_for_
                       "ciq.toml": 'shard = "always"\n'})
     path = str(repo.path)
     # The victim is the longest test by far: the planning run keeps it as its own chunk.
-    store.client.hset(durations_key(repo_id(path)), mapping={
+    store.client.hset(keys.durations(repo_id(path)), mapping={
         "tests/test_victim.py::test_victim": 50,
         **{f"tests/test_s{i}.py::test_{i}": 1.5 for i in range(3)}})
     w1 = worker("w1", data_dir=tmp_path / "host1")

@@ -1,4 +1,4 @@
-"""The Redis side of sharded runs (ciq.sharding) against a real redis-server: plans,
+"""The Redis side of sharded runs (ciq.store.shards) against a real redis-server: plans,
 chunk leases, results written once, the reconciler's part. No workers: each step is
 called as a worker would call it, and the crashes in between are played by not calling
 the next step."""
@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import time
 
+from ciq.dispatch import Message, Sender
 from ciq.report import Report, Summary, TestResult
-from ciq.sharding import CHUNKS_STARTED, SHARDED, Plan, Shards, plan_key
-from ciq.store import Store, repo_id
+from ciq.sharding.plan import ShardPlan
+from ciq.store import Store, keys
+from ciq.store.keys import CHUNKS_STARTED, SHARDED, repo_id
+from ciq.store.shards import LAST, Shards
+from ciq.worker.attempt import store_chunk
 
 REPO = "/srv/git/lib"
 SHA = "b" * 40
@@ -23,21 +27,28 @@ def chunk_report(ids: list[str], outcome: str = "passed") -> Report:
                   tests=tests, summary=Summary.of(list(tests)), worker="w", exit_code=0)
 
 
-def planned(store: Store, ttl: float = 5.0, fail_fast: bool = False) -> tuple[Shards, list]:
-    """A commit claimed, leased by run "r0", and sharded into CHUNKS by it."""
-    sent: list[tuple[str, str]] = []
+def planned(store: Store, ttl: float = 5.0, fail_fast: bool = False
+            ) -> tuple[Shards, ShardPlan]:
+    """A commit claimed, leased by run "r0", and sharded into CHUNKS by it, as a worker
+    does: the plan and its other chunks' messages in one step."""
     store.claim(REPO, SHA, "main", {})
     assert store.acquire(REPO, SHA, "r0", 5.0, "w0") == 1
     shards = Shards(store, lease_ttl=ttl, time_limit=60, output_limit=10_000)
     head = Report(repo=REPO, commit=SHA, status="passed", branch="main", worker="w0",
                   timings={"checkout": 0.1}, duration=0.5)
-    plan = Plan(REPO, SHA, "main", CHUNKS, head.to_dict(), fail_fast, queue="q")
-    assert shards.create(plan, "r0", lambda q, m: sent.append((q, m)), same_redis=True)
-    return shards, sent
+    plan = ShardPlan(REPO, SHA, "main", CHUNKS, head.to_dict(), fail_fast, queue="q")
+    sender = Sender(store.conn, store.conn, "q")
+    messages = [sender.chunk(REPO, SHA, "main", i, "q") for i in (2, 1)]
+
+    def step(inline: list[Message]) -> bool:
+        return shards.create(plan, "r0", [m.body for m in inline])
+
+    assert sender.along(messages, step)
+    return shards, plan
 
 
 def test_a_plan_queues_its_other_chunks_and_holds_the_commit(store: Store):
-    shards, _ = planned(store)
+    shards, plan = planned(store)
     # The other chunks are on the queue, the next one taken (the right end) first
     queued = [json.loads(m)["headers"] for m in store.client.lrange("q", 0, -1)]
     assert [h["task"] for h in queued] == ["ciq.chunk", "ciq.chunk"]
@@ -46,25 +57,25 @@ def test_a_plan_queues_its_other_chunks_and_holds_the_commit(store: Store):
     assert store.lease_holder(REPO, SHA) == "shards:r0"
     assert store.acquire(REPO, SHA, "r9", 5.0, "w9") == 0
     # A run that lost its lease cannot plan
-    assert not shards.create(shards.plan(REPO, SHA), "r0", None, True)  # type: ignore[arg-type]
+    assert not shards.create(plan, "r0", [])
     assert shards.take(REPO, SHA, 0, "other") == 0  # chunk 0 is the planning run's
 
 
 def test_the_last_result_merges_once_and_cleans_up(store: Store):
-    shards, _ = planned(store)
-    assert shards.done(REPO, SHA, 0, chunk_report(CHUNKS[0]), "r0") is None
+    shards, plan = planned(store)
+    assert store_chunk(shards, plan, 0, chunk_report(CHUNKS[0]), "r0") is None
     assert shards.take(REPO, SHA, 1, "r1") == 1
-    assert shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1]), "r1") is None
+    assert store_chunk(shards, plan, 1, chunk_report(CHUNKS[1]), "r1") is None
     # A second copy of chunk 1 finds its result there: nothing to do, nothing written
     assert shards.take(REPO, SHA, 1, "r1b") == -1
-    assert shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1], "failed"), "r1b") is None
+    assert store_chunk(shards, plan, 1, chunk_report(CHUNKS[1], "failed"), "r1b") is None
     assert shards.take(REPO, SHA, 2, "r2") == 1
-    merged = shards.done(REPO, SHA, 2, chunk_report(CHUNKS[2]), "r2")
+    merged = store_chunk(shards, plan, 2, chunk_report(CHUNKS[2]), "r2")
     assert merged is not None and merged.status == "passed"
     assert sorted(t.id for t in merged.tests) == ["t::a", "t::b", "t::c", "t::d"]
     assert store.report(REPO, SHA) == merged
     rid = repo_id(REPO)
-    assert not store.client.exists(plan_key(rid, SHA))
+    assert not store.client.exists(keys.plan(rid, SHA))
     assert not store.client.sismember(SHARDED, f"{rid}:{SHA}")
     assert store.lease_holder(REPO, SHA) is None
     assert store.client.scard(CHUNKS_STARTED) == 0
@@ -76,7 +87,7 @@ def test_the_last_result_merges_once_and_cleans_up(store: Store):
 def test_the_reconciler_requeues_a_chunk_whose_run_died_and_merges_for_a_dead_merger(
     store: Store,
 ):
-    shards, _ = planned(store, ttl=0.3)
+    shards, plan = planned(store, ttl=0.3)
     resent: list[tuple] = []
 
     def send(*args: object) -> None:
@@ -95,12 +106,9 @@ def test_the_reconciler_requeues_a_chunk_whose_run_died_and_merges_for_a_dead_me
     assert shards.take(REPO, SHA, 1, "r1b") == 2
     assert shards.take(REPO, SHA, 2, "r2") == 1
     for index, run in ((0, "r0b"), (1, "r1b")):
-        assert shards.done(REPO, SHA, index, chunk_report(CHUNKS[index]), run) is None
+        assert store_chunk(shards, plan, index, chunk_report(CHUNKS[index]), run) is None
     # The last chunk's result is written, then its worker dies before merging
-    result = json.dumps({"index": 2, "report": chunk_report(CHUNKS[2]).to_dict()})
-    rid = repo_id(REPO)
-    assert shards._done(keys=[plan_key(rid, SHA), f"ciq:chunk-lease:{rid}:{SHA}:2",
-                              CHUNKS_STARTED], args=[2, result, f"{rid}:{SHA}:2", "r2"]) == 2
+    assert shards.done(REPO, SHA, 2, chunk_report(CHUNKS[2]), "r2") == LAST
     assert store.report(REPO, SHA) is None
     shards.reconcile(send)
     report = store.report(REPO, SHA)
@@ -109,13 +117,13 @@ def test_the_reconciler_requeues_a_chunk_whose_run_died_and_merges_for_a_dead_me
 
 
 def test_fail_fast_reports_at_the_first_failure_and_later_chunks_stand_down(store: Store):
-    shards, _ = planned(store, fail_fast=True)
+    shards, plan = planned(store, fail_fast=True)
     assert shards.take(REPO, SHA, 1, "r1") == 1
-    merged = shards.done(REPO, SHA, 1, chunk_report(CHUNKS[1], "failed"), "r1")
+    merged = store_chunk(shards, plan, 1, chunk_report(CHUNKS[1], "failed"), "r1")
     assert merged is not None and merged.status == "failed"
     assert set(merged.not_run) == {"t::a", "t::b", "t::d"}
     assert shards.take(REPO, SHA, 2, "r2") == -1
-    assert shards.done(REPO, SHA, 0, chunk_report(CHUNKS[0]), "r0") is None
+    assert store_chunk(shards, plan, 0, chunk_report(CHUNKS[0]), "r0") is None
     assert store.report(REPO, SHA) == merged
 
 

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 
-from ciq.dispatch import RUN_TASK, Dispatcher, RedisSender
-from ciq.message import run_message
+from ciq.dispatch import Sender
 from ciq.report import Report
 from ciq.settings import Settings
-from ciq.store import Store, task_id
+from ciq.store import Store
 
 REPO = "/srv/repo"
 SHA = "a" * 40
 
 
 def test_a_commit_is_claimed_once_with_its_message(store: Store, settings: Settings) -> None:
-    dispatcher = Dispatcher.for_settings(settings, store)
-    assert dispatcher.submit(REPO, SHA, "main") is True
-    assert dispatcher.submit(REPO, SHA, "main") is False
+    sender = Sender.for_store(settings, store)
+    assert sender.submit(REPO, SHA, "main") is True
+    assert sender.submit(REPO, SHA, "main") is False
     assert store.client.llen(settings.queue) == 1
     assert store.commit(REPO, SHA)["branch"] == "main"
     assert store.client.zcard("ciq:unsent") == 0  # claim and message were one step
@@ -80,32 +77,6 @@ def test_prefixes_resolve_to_one_known_commit(store: Store) -> None:
             raise AssertionError("resolved")
 
 
-def test_our_message_is_the_one_celery_sends(store: Store, settings: Settings) -> None:
-    # Given the same run sent by Celery's own send_task
-    from ciq.celery import create_app
-    from ciq.message import args_repr
-
-    app = create_app(settings)
-    app.send_task(RUN_TASK, args=[REPO, SHA, "main"], task_id=task_id(REPO, SHA), queue="q",
-                  argsrepr=args_repr(REPO, SHA, "main"))
-    theirs = json.loads(store.client.lpop("q"))
-    RedisSender(store.client, "q")(REPO, SHA, "main")
-    ours = json.loads(store.client.lpop("q"))
-    # Then the payloads agree on everything but per-send values
-    volatile = {"delivery_tag", "reply_to", "argsrepr", "origin"}
-    assert json.loads(base64.b64decode(ours["body"])) == json.loads(
-        base64.b64decode(theirs["body"]))
-    assert set(ours) == set(theirs)
-    for part in ("headers", "properties"):
-        mine = {k: v for k, v in ours[part].items() if k not in volatile}
-        celery = {k: v for k, v in theirs[part].items() if k not in volatile}
-        assert mine == celery, part
-    assert ours["headers"]["id"] == task_id(REPO, SHA)
-    assert json.loads(run_message(REPO, SHA, None, "q", "ciq.run"))["properties"][
-        "delivery_info"] == {"exchange": "", "routing_key": "q"}
-    app.pool.force_close_all()
-
-
 def test_history_keeps_claim_order_within_one_microsecond(store: Store) -> None:
     shas = [f"{i:040x}" for i in range(300, 0, -7)]  # descending: order is not by name
     for sha in shas:
@@ -114,7 +85,7 @@ def test_history_keeps_claim_order_within_one_microsecond(store: Store) -> None:
 
 
 def test_reports_left_in_the_outbox_are_delivered_once(store: Store, tmp_path) -> None:
-    from ciq import outbox
+    from ciq.store import outbox
 
     mine = Report(repo=REPO, commit=SHA, status="passed", run_id="r1")
     late = Report(repo=REPO, commit=SHA, status="failed", run_id="r2")
@@ -124,14 +95,3 @@ def test_reports_left_in_the_outbox_are_delivered_once(store: Store, tmp_path) -
     assert outbox.deliver_pending(store, tmp_path) == 2
     assert store.report(REPO, SHA).run_id in ("r1", "r2")
     assert [p.name for p in (tmp_path / "outbox").iterdir()] == ["junk.bad"]
-
-
-def test_an_urgent_rerun_is_the_next_message_a_worker_takes(store: Store) -> None:
-    normal = RedisSender(store.client, "q")
-    urgent = RedisSender(store.client, "q", urgent=True)
-    normal(REPO, "1" * 40, "main")
-    normal(REPO, "2" * 40, "main")
-    urgent(REPO, "3" * 40, "main")
-    # workers BRPOP: the right end of the list comes first
-    taken = [json.loads(store.client.brpop("q")[1])["headers"]["id"] for _ in range(3)]
-    assert taken == [task_id(REPO, "3" * 40), task_id(REPO, "1" * 40), task_id(REPO, "2" * 40)]

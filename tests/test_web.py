@@ -3,8 +3,6 @@ reports written the way workers write them (claim, then finish)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import socket
 import subprocess
@@ -18,53 +16,28 @@ import defusedxml.ElementTree as SafeET
 import pytest
 from markupsafe import escape
 
-from ciq.keys import repo_id
 from ciq.processes import stop_process
-from ciq.report import Report, Summary, TestResult
+from ciq.report import Report, TestResult
 from ciq.settings import Settings
 from ciq.store import Store
+from ciq.store.keys import repo_id
 
-from .conftest import RedisServer, Web, ciq_env, free_port, run_ciq, start_web, wait_report
-
-REPO = "/srv/git/project"
-RID = repo_id(REPO)
-XSS = "<script>alert(1)</script>"
-
-
-def as_json(data: Any) -> Any:
-    return json.loads(json.dumps(data))
-
-
-def sha(n: int | str) -> str:
-    return hashlib.sha1(str(n).encode()).hexdigest()
-
-
-def claim(store: Store, n: int | str, branch: str | None = "main", subject: str = "",
-          author: str = "Ada", repo: str = REPO) -> str:
-    commit = sha(n)
-    assert store.claim(repo, commit, branch, {"subject": subject or f"commit {n}",
-                                              "author": author})
-    return commit
-
-
-def finish(store: Store, commit: str, outcomes: dict[str, str] | None = None,
-           branch: str | None = "main", repo: str = REPO, status: str | None = None,
-           **fields: Any) -> Report:
-    """Store a final report as a worker does; status from the outcomes unless given."""
-    tests = tuple(TestResult(name, outcome, 0.5 if outcome == "failed" else 0.01,
-                             f"AssertionError: {name} broke" if outcome == "failed" else "")
-                  for name, outcome in (outcomes or {"tests/test_a.py::test_ok": "passed"}
-                                        ).items())
-    summary = Summary.of(list(tests))
-    report = Report(repo=repo, commit=commit, branch=branch,
-                    status=status or ("failed" if summary.failed else "passed"),
-                    summary=summary, tests=tests, duration=1.25, worker="w1@host",
-                    started_at="2024-05-01T12:00:00.000+00:00",
-                    finished_at="2024-05-01T12:00:01.250+00:00",
-                    command="python -m pytest", exit_code=0, run_id=f"run-{commit[:6]}",
-                    **fields)
-    assert store.finish(report)
-    return report
+from .helpers import (
+    REPO,
+    RID,
+    XSS,
+    RedisServer,
+    Web,
+    as_json,
+    ciq_env,
+    claim,
+    finish,
+    free_port,
+    run_ciq,
+    sha,
+    start_web,
+    wait_report,
+)
 
 
 def test_repositories_show_the_newest_commit_of_each_branch(web: Web, store: Store) -> None:

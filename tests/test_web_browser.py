@@ -19,8 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from ciq.store import Store
 
 # `web`: test_web's fixture, one `ciq web` for this module too.
-from .conftest import Web
-from .test_web import REPO, RID, XSS, claim, finish
+from .helpers import REPO, RID, XSS, Web, claim, finish
 
 pytestmark = pytest.mark.slow
 

@@ -5,30 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from .filters import path as url_path
 from .history import history
-from .queries import PAGE_SIZE, Branch, Queries
+from .params import HISTORY_DEFAULT, BranchQuery, Reads, RepoId, Sha
+from .queries import PAGE_SIZE, branch_status, offset_of, repo_dict
 
 #: Most commits one API page returns.
 MAX_LIMIT = 200
-#: Reported commits a test history shows when not told.
-HISTORY_DEFAULT = 20
-
-
-def get_queries(request: Request) -> Queries:
-    queries: Queries = request.app.state.queries
-    return queries
-
-
-Reads = Annotated[Queries, Depends(get_queries)]
-RepoId = Annotated[str, Path(description="The repository's id (16 hex digits), as listed "
-                                         "by /api/repos.")]
-Sha = Annotated[str, Path(description="The commit's SHA or a unique prefix of it "
-                                      "(4 hex digits or more).")]
-BranchQuery = Annotated[str | None, Query(description="Only commits of this branch.")]
 
 
 class Error(BaseModel):
@@ -125,36 +110,6 @@ class BranchStatus(BaseModel):
                                            "null for an unknown branch.")
     commit: str | None = Field(description="The commit the status is of.")
     head: CommitRow | None = Field(description="The newest commit of the branch.")
-
-
-def badge_path(rid: str, branch: str) -> str:
-    return f"/badge/{rid}/{url_path(branch)}.svg"
-
-
-def branch_dict(rid: str, b: Branch) -> dict[str, Any]:
-    return {**b.to_dict(), "badge": badge_path(rid, b.name)}
-
-
-def repo_dict(q: Queries, rid: str, repo: str) -> dict[str, Any]:
-    return {"id": rid, "repo": repo, "commits": q.total(rid),
-            "branches": [branch_dict(rid, b) for b in q.branches(rid)]}
-
-
-def branch_status(q: Queries, rid: str, name: str) -> dict[str, Any]:
-    """What a branch's badge shows: its newest finished commit, else its newest one."""
-    found = q.branch(rid, name)
-    shown = (found.finished or found.head) if found else None
-    return {"id": rid, "repo": q.repo(rid), "branch": name,
-            "status": shown["status"] if shown else None,
-            "commit": shown["commit"] if shown else None,
-            "head": found.head if found else None}
-
-
-def offset_of(page: int | None, offset: int | None, limit: int) -> int:
-    """The offset a request asks for: ``offset`` if given, else that of ``page``."""
-    if offset is not None:
-        return offset
-    return ((page or 1) - 1) * limit
 
 
 @router.get("/repos", summary="Repositories", response_model=list[RepoOut])

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import __version__
 from ..errors import BadInput, NotFound, StoreUnavailable
 from ..settings import Settings
-from ..store import Store
+from ..store.store import Store
 from . import api, pages
 from .queries import Queries
 
@@ -48,7 +48,7 @@ DESCRIPTION = """\
 Reports of ciq, the distributed CI for Python projects: repositories, their commits
 newest first, one commit's report, per-test history and status badges. Read-only.
 
-Repositories are named by their id (`ciq:repos` in Redis maps ids to repositories); a
+Repositories are named by their id (`/api/repos` maps ids to repositories); a
 commit may be named by a unique prefix of its SHA (4 digits or more). Errors are
 `{"detail": "..."}` with status 400 (bad input), 404 (unknown repository or commit) or
 503 (Redis cannot be reached).

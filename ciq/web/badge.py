@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from html import escape
+
+from ..text import xml_safe
 
 #: Message and colour per status (a report's, or the state of a commit not finished).
 BADGES: dict[str | None, tuple[str, str]] = {
@@ -16,12 +17,9 @@ BADGES: dict[str | None, tuple[str, str]] = {
     None: ("unknown", "#8c8c8c"),
 }
 
-# Characters XML 1.0 cannot carry (branch names come from repositories).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
 def _xml(text: str) -> str:
-    return escape(_NOT_XML.sub("?", text), quote=True)
+    """Text for the SVG (branch names come from repositories): escaped, XML-safe."""
+    return escape(xml_safe(text), quote=True)
 
 
 def _width(text: str) -> int:

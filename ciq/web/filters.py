@@ -10,37 +10,12 @@ from urllib.parse import quote
 
 from markupsafe import Markup, escape
 
-# Control characters other than newline and tab (terminal colours, NULs, bells).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-# ANSI colour and cursor sequences, which pytest writes when it thinks it has a terminal.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
-
-
-def printable(text: str | None) -> str:
-    """Text from a repository without escape sequences or control characters."""
-    text = _ANSI.sub("", text or "").replace("\r\n", "\n").replace("\r", "\n")
-    return _CONTROL.sub("?", text)
+from ..text import age, printable
+from ..text import first_line as _first_line
 
 
 def first_line(text: str | None) -> str:
-    return printable((text or "").strip().split("\n", 1)[0])
-
-
-def age(iso: str | None, now: datetime | None = None) -> str:
-    """How long ago an ISO 8601 time was: "12s", "5m", "3h", "2d"; "–" if unknown."""
-    if not iso:
-        return "–"
-    try:
-        then = datetime.fromisoformat(iso)
-    except ValueError:
-        return "–"
-    if then.tzinfo is None:
-        then = then.replace(tzinfo=UTC)
-    seconds = max(0.0, ((now or datetime.now(UTC)) - then).total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+    return printable(_first_line(text))
 
 
 def duration(seconds: float | None) -> str:

@@ -17,20 +17,10 @@ from ..errors import NotFound
 from ..junit import to_junit
 from ..report import Report
 from . import filters
-from .api import (
-    HISTORY_DEFAULT,
-    BranchQuery,
-    Reads,
-    RepoId,
-    Sha,
-    badge_path,
-    branch_status,
-    offset_of,
-    repo_dict,
-)
 from .badge import badge
 from .history import history
-from .queries import PAGE_SIZE
+from .params import HISTORY_DEFAULT, BranchQuery, Reads, RepoId, Sha
+from .queries import PAGE_SIZE, badge_path, branch_status, offset_of, repo_dict
 
 router = APIRouter()
 

@@ -16,16 +16,12 @@ from typing import Any
 
 import uvicorn
 
-from ..errors import CiqError
+from ..errors import CiqError, PortInUse
 from ..settings import Settings
 from .app import create_app
 
 #: Seconds that open connections get to finish when the server stops.
 GRACEFUL_SHUTDOWN = 5
-
-
-class PortInUse(CiqError):
-    """Raised when the web UI's port is taken by another program."""
 
 
 def bind(host: str, port: int) -> socket.socket:

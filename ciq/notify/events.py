@@ -1,0 +1,89 @@
+"""Notification events: what a branch's new report means, and the headline that says so.
+
+Plain functions and data, no Redis and no network: :mod:`ciq.store.events` keeps the
+events, :mod:`.targets` makes the messages, :mod:`.delivery` sends them.
+
+When a final report of a commit on a branch is stored, the same atomic step in Redis
+(``lua/finish.lua`` of :mod:`ciq.store`) compares it with the branch's previous report
+and queues one **event** of a kind:
+
+==================  ===============================  ===============================
+previous report     new report passed                new report not passed
+==================  ===============================  ===============================
+none (first)        ``passed``                       ``broken``
+passed              ``passed``                       ``broken``
+not passed          ``fixed``                        ``still-failing``
+==================  ===============================  ===============================
+
+"Not passed" is `failed`, `error` or `timeout`. Whether an event is sent depends on the
+``on`` setting (CIQ_NOTIFY_ON, or a repository's ``notify.on``), read when it is
+delivered: ``change`` sends `broken` and `fixed`; ``failure`` also `still-failing`;
+``always`` every event; ``never`` none.
+
+An event is JSON (see :func:`ciq.store.events.event_of`, completed by the script with
+``kind``, ``previous``, ``subject`` and ``author``). It holds no secret: secrets are read
+from the settings when a message is sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from ..urls import repo_name
+
+# -- Kinds and policy ------------------------------------------------------------------------
+
+#: Kinds of event, as in the X-Ciq-Event header.
+KINDS = ("broken", "still-failing", "fixed", "passed")
+
+#: The kinds each ``on`` setting sends.
+WANTED: dict[str, frozenset[str]] = {
+    "change": frozenset({"broken", "fixed"}),
+    "failure": frozenset({"broken", "still-failing", "fixed"}),
+    "always": frozenset(KINDS),
+    "never": frozenset(),
+}
+
+
+def kind_of(previous: str | None, status: str) -> str:
+    """The kind of event of a branch's new report with ``status`` after one with status
+    ``previous`` (None: the branch's first). ``lua/finish.lua`` does the same in Redis."""
+    was_red = previous is not None and previous != "passed"
+    if status == "passed":
+        return "fixed" if was_red else "passed"
+    return "still-failing" if was_red else "broken"
+
+
+def wanted(kind: str, on: str) -> bool:
+    """Whether an event of ``kind`` is sent under the ``on`` setting."""
+    return kind in WANTED[on]
+
+
+def commit_url(web_url: str | None, rid: str, sha: str) -> str | None:
+    """The commit's page in `ciq web` (CIQ_WEB_URL), if ciq knows where that is."""
+    if not web_url:
+        return None
+    return f"{web_url.rstrip('/')}/repos/{quote(rid)}/commits/{quote(sha)}"
+
+
+def _outcome(event: dict[str, Any]) -> str:
+    """A few words on the new report: "3 failed", "error", "timeout", "12 passed"."""
+    s = event.get("summary", {})
+    if event["status"] == "passed":
+        return f"{s.get('passed', 0)} passed"
+    if event["status"] == "failed":
+        bad = s.get("failed", 0) + s.get("errors", 0)
+        return f"{bad} failed" if bad else "failed"
+    return str(event["status"])
+
+
+def headline(event: dict[str, Any]) -> str:
+    """One line: ``main broken: 3 failed at abc123def456 (lib)``."""
+    words = {"broken": "broken", "still-failing": "still failing", "fixed": "fixed",
+             "passed": "passed"}[event["kind"]]
+    outcome = _outcome(event)
+    what = f"{event['branch']} {words}"
+    if event["kind"] != "passed":
+        what += f": {outcome}"
+    return f"{what} at {event['commit'][:12]} ({repo_name(event['repo'])})"

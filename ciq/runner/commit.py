@@ -1,0 +1,239 @@
+"""Testing one commit, in two steps: :func:`prepare` checks it out into a fresh worktree,
+reads its settings and makes its environment ready; :func:`run_tests` runs its test
+command there and makes the report. Between the two the caller may :func:`collect` the
+tests and decide to run only some of them (a chunk of a sharded run): the runner never
+calls back to find out.
+
+Plain functions over the file system and git; no Redis, no Celery. The caller holds the
+lease, stores the report and cleans the run's folder up (:func:`.runs.clean_up`).
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BuildError, CiqError, ConfigError, JUnitError
+from ..junit import parse_junit
+from ..repoconfig import RepoConfig, from_checkout
+from ..report import Report, Summary, TestResult, utcnow
+from . import runs
+from .environments import Builder, EnvCache
+from .outcome import build_failure, collected, default_command, default_tests, verdict
+from .process import run_environment, run_sandboxed
+from .recipe import Python, recipe_for
+from .runs import RunSpec
+
+__all__ = ["Checkout", "RunSpec", "collect", "prepare", "run_tests"]
+
+
+@dataclass(frozen=True)
+class _Start:
+    """When a run started, and the report fields it shares with every report it makes."""
+
+    spec: RunSpec
+    started_at: str = field(default_factory=utcnow)
+    t0: float = field(default_factory=time.monotonic)
+
+    def report(self, status: str, message: str = "", **more: object) -> Report:
+        s = self.spec
+        return Report(
+            repo=s.repo, commit=s.sha, branch=s.branch, started_at=self.started_at,
+            worker=s.worker, attempts=s.attempts, run_id=s.run_id, status=status,
+            message=message, finished_at=utcnow(),
+            duration=round(time.monotonic() - self.t0, 3), **more,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+
+@dataclass
+class Checkout:
+    """A commit checked out, its settings read and its environment ready."""
+
+    start: _Start
+    run_dir: Path
+    worktree: Path
+    #: The commit's own settings over the operator's.
+    config: RepoConfig | None
+    #: The environment of the tests (and of their collection).
+    env: dict[str, str]
+    #: The user (uid, gid) the tests run as; None: the worker's.
+    user: tuple[int, int] | None
+    #: The run's own virtual environment, on top of the cached one.
+    overlay: Path
+    #: time.monotonic() of the time limit.
+    deadline: float
+    timings: dict[str, float]
+    environment: dict[str, object]
+
+    @property
+    def spec(self) -> RunSpec:
+        return self.start.spec
+
+    @property
+    def custom_command(self) -> str | None:
+        """The repository's own `test` command; None: ciq's default (pytest)."""
+        return self.config.test if self.config else None
+
+    @property
+    def shown_command(self) -> str:
+        """The default command as a report shows it."""
+        return shlex.join(["python", "-m", "pytest", *default_tests(self.worktree)])
+
+    def head(self) -> Report:
+        """The report so far (checkout, setup, collection): the head of a sharded run's
+        merged report."""
+        return self.start.report("passed", command=self.shown_command,
+                                 environment=dict(self.environment), timings=dict(self.timings))
+
+    def left(self) -> float:
+        """Seconds left before the time limit (at least one, to report what happened)."""
+        return max(self.deadline - time.monotonic(), 1)
+
+
+@contextmanager
+def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
+    """Check the commit out and make its environment ready; yields the
+    :class:`Checkout`, or the `error` / `timeout` report of why it could not be. The
+    cached environment stays held (shared) until the block ends."""
+    start = _Start(spec)
+    run_dir = runs.start(spec.data_dir, spec.run_id, spec.repo, spec.sha)
+    worktree = run_dir / "src"
+    mirror = runs.mirror_for(spec.data_dir, spec.repo)
+    try:
+        mirror.ensure_commit(spec.sha)
+        mirror.add_worktree(worktree, spec.sha)
+    except CiqError as exc:
+        yield start.report("error", f"could not check out {spec.sha[:12]}: {exc}")
+        return
+    timings = {"checkout": round(time.monotonic() - start.t0, 3)}
+    try:
+        own = from_checkout(worktree)
+    except ConfigError as exc:
+        yield start.report("error", f"bad ciq settings in this commit: {exc}")
+        return
+    config = own.over(spec.operator) if own else spec.operator
+    out = run_dir / "out"
+    (out / "home").mkdir(parents=True)
+    env = run_environment(dict(os.environ))
+    if config:
+        env.update(config.env)
+    time_limit = min(config.timeout, spec.time_limit) if config and config.timeout else (
+        spec.time_limit)
+    deadline = start.t0 + time_limit
+    user = None
+    if spec.run_as:
+        if os.geteuid() != 0:
+            yield start.report("error", "CIQ_RUN_AS needs a worker running as root")
+            return
+        pw = pwd.getpwnam(spec.run_as)
+        user = (pw.pw_uid, pw.pw_gid)
+        runs.hand_over(run_dir, user, spec.data_dir)
+        env.update(HOME=str(out / "home"), USER=spec.run_as, LOGNAME=spec.run_as)
+    setup0 = time.monotonic()
+    builder = Builder(spec, run_dir, worktree, env, user, deadline)
+    try:
+        python = Python.find(config.python, builder.uv, config.source) if (
+            config and config.python) else Python.own()
+        recipe = recipe_for(worktree, config, python)
+    except ConfigError as exc:
+        yield start.report("error", f"bad ciq settings: {exc}")
+        return
+    cache = EnvCache(spec.env_root or spec.data_dir / "envs", spec.env_cache_size)
+    try:
+        entry = cache.acquire(recipe.key, deadline)
+    except BuildError as exc:
+        yield start.report("timeout", str(exc))
+        return
+    try:
+        environment: dict[str, object] = {
+            "key": recipe.key, "cache_hit": entry.hit, "python": python.version}
+        try:
+            if not entry.ready:
+                environment["build_seconds"] = builder.build(entry, recipe)
+                cache.evict(keep=recipe.key)
+            install = recipe.installable and not (config and config.install is False)
+            overlay = builder.overlay(entry.path, install)
+        except BuildError as exc:
+            yield start.report("timeout" if exc.timed_out else "error", build_failure(exc),
+                               output=exc.output, environment=environment)
+            return
+        timings["setup"] = round(time.monotonic() - setup0, 3)
+        env["VIRTUAL_ENV"] = str(overlay)
+        env["PATH"] = os.pathsep.join(
+            [str(overlay / "bin"), str(entry.path / "bin"), env.get("PATH", "")])
+        yield Checkout(start, run_dir, worktree, config, env, user, overlay, deadline,
+                       timings, environment)
+    finally:
+        entry.release()
+
+
+def collect(ready: Checkout) -> list[str] | None:
+    """The test ids pytest collects with the default command, or None when collection
+    fails (the run of the whole suite that follows then reports why)."""
+    collect0 = time.monotonic()
+    env = _src_on_path(ready.worktree, ready.env)
+    cmd = [str(ready.overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
+           "-p", "no:cacheprovider", *default_tests(ready.worktree)]
+    spec = ready.spec
+    done = run_sandboxed(cmd, ready.worktree, env, ready.left(), spec.output_limit,
+                         ready.run_dir / "pgid", spec.min_free_bytes, ready.user)
+    ready.timings["collect"] = round(time.monotonic() - collect0, 3)
+    if done.exit_code != 0 or done.timed_out:
+        return None
+    return collected(done.output)
+
+
+def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
+    """Run the test command in the run's environment and make the report of it; with
+    ``only``, pytest runs just those test ids (a chunk of a sharded commit)."""
+    env = dict(ready.env)
+    junit_path = ready.run_dir / "out" / "junit.xml"
+    test = ready.custom_command
+    if test:
+        cmd = ["/bin/sh", "-c", test]
+        shown = test
+        # Any pytest the command starts writes JUnit where ciq reads it; other tools
+        # may write JUnit XML to $JUNIT_XML.
+        env["JUNIT_XML"] = str(junit_path)
+        env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
+                                 + env.get("PYTEST_ADDOPTS", "")).strip()
+    else:
+        cmd = default_command(junit_path, ready.worktree, str(ready.overlay / "bin" / "python"),
+                              only)
+        shown = ready.shown_command
+        if only is not None:
+            shown = f"{shown} ({len(only)} tests of a sharded run)"
+        env = _src_on_path(ready.worktree, env)
+    spec = ready.spec
+    done = run_sandboxed(cmd, ready.worktree, env, ready.left(), spec.output_limit,
+                         ready.run_dir / "pgid", spec.min_free_bytes, ready.user)
+    timings = {**ready.timings, "test": round(done.seconds, 3)}
+    junit_error = None
+    tests: list[TestResult] = []
+    try:
+        tests = parse_junit(junit_path)
+    except JUnitError as exc:
+        junit_error = str(exc)
+    summary = Summary.of(tests)
+    status, message = verdict(done, bool(tests), junit_error, summary,
+                              pytest_codes=cmd[0] != "/bin/sh")
+    return ready.start.report(
+        status, message, summary=summary, tests=tuple(tests), output=done.output,
+        command=shown, exit_code=done.exit_code, timings=timings,
+        environment=ready.environment,
+    )  # fmt: skip
+
+
+def _src_on_path(worktree: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` with ``src/`` first on the path when the project has a src/ layout (it then
+    imports from the checkout)."""
+    if not (worktree / "src").is_dir():
+        return env
+    path = os.pathsep.join(p for p in (str(worktree / "src"), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path}

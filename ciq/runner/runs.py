@@ -1,0 +1,150 @@
+"""A run: what it does (:class:`RunSpec`), its folder on the worker's disk, and cleaning
+up after runs and after their dead workers.
+
+Each run has ``CIQ_DATA_DIR/runs/<run id>/``: ``run.json`` (which worker process runs
+it), ``src/`` (the worktree at the commit), ``out/`` (its home, JUnit XML, its own
+virtual environment) and ``pgid`` (the process group of its test tree, for the sweeper
+when the supervisor itself is killed). No Redis, no Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import CiqError
+from ..gitrepo import Mirror
+from ..repoconfig import RepoConfig
+from ..store.keys import repo_id
+from .process import kill_recorded_group, proc_start
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one run does; everything but the commit comes from settings."""
+
+    repo: str
+    sha: str
+    branch: str | None
+    run_id: str
+    worker: str
+    attempts: int
+    data_dir: Path
+    time_limit: float
+    output_limit: int
+    min_free_bytes: int = 0
+    #: User the tests run as (see Settings.run_as); None: the worker's user.
+    run_as: str | None = None
+    #: The operator's settings of this repository (the commit's own ones win).
+    operator: RepoConfig | None = None
+    #: Cache of run environments on this host (see .environments); None: DATA/envs.
+    env_root: Path | None = None
+    env_cache_size: int = 10
+
+
+def runs_dir(data_dir: Path) -> Path:
+    return data_dir / "runs"
+
+
+def start(data_dir: Path, run_id: str, repo: str, sha: str) -> Path:
+    """Make the run's folder and say in it which worker process runs it; returns it."""
+    run_dir = runs_dir(data_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {
+        "run_id": run_id, "repo": repo, "sha": sha, "host": os.uname().nodename,
+        "pid": os.getpid(), "pid_start": proc_start(os.getpid()),
+    }  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(record))
+    return run_dir
+
+
+def chown_tree(top: Path, user: tuple[int, int]) -> None:
+    """Give ``top`` and everything under it to ``user`` (uid, gid), links themselves."""
+    os.lchown(top, *user)
+    for root, dirs, files in os.walk(top):
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), *user)
+
+
+def hand_over(run_dir: Path, user: tuple[int, int], data_dir: Path) -> None:
+    """Give a run's checkout and output folder to the user the tests run as, and keep
+    the rest of the data folder out of its reach: it may pass through ``data_dir`` and
+    ``runs/`` (0711) but list neither, read the mirrors (0755, root's) but not change
+    them, and not enter the outbox (0700)."""
+    for folder, mode in ((data_dir, 0o711), (runs_dir(data_dir), 0o711),
+                         (data_dir / "mirrors", 0o755), (data_dir / "outbox", 0o700)):
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+    run_dir.chmod(0o755)  # root's: run.json and pgid stay the worker's own
+    for top in (run_dir / "src", run_dir / "out"):
+        chown_tree(top, user)
+
+
+def mirror_for(data_dir: Path, repo: str) -> Mirror:
+    return Mirror(data_dir / "mirrors", repo, repo_id(repo))
+
+
+@dataclass(frozen=True)
+class DeadRun:
+    run_id: str
+    repo: str
+    sha: str
+
+
+def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
+    """Clean the runs of this host whose worker process is gone: kill the test tree that
+    may still run and delete the worktree. Returns the runs cleaned, so that the caller
+    can free their leases at once rather than wait for them to expire."""
+    cleaned: list[DeadRun] = []
+    runs = runs_dir(data_dir)
+    if not runs.is_dir():
+        return cleaned
+    for record_path in runs.glob("*/run.json"):
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("host") != host:
+            continue
+        if proc_start(record["pid"]) == record.get("pid_start"):
+            continue  # its worker process is alive
+        kill_recorded_group(record_path.parent / "pgid")
+        remove_tree(record_path.parent)
+        try:
+            mirror_for(data_dir, record["repo"]).prune_worktrees()
+        except CiqError:
+            pass
+        logger.warning("runner: cleaned up run %s of a dead worker process", record["run_id"])
+        cleaned.append(DeadRun(record["run_id"], record["repo"], record["sha"]))
+    return cleaned
+
+
+def clean_up(data_dir: Path, run_id: str, repo: str) -> None:
+    """Delete a run's folder and worktree; called once its report is stored, since a
+    report delayed by clean-up is feedback delayed."""
+    remove_tree(runs_dir(data_dir) / run_id)
+    try:
+        mirror_for(data_dir, repo).prune_worktrees()
+    except CiqError as exc:
+        logger.warning("runner: could not prune worktrees of %s: %s", repo, exc)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a run's folder even if the code under test made parts of it read-only."""
+
+    def onerror(func, p, _exc):
+        try:
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            func(p)
+        except OSError:
+            pass
+
+    if path.exists():
+        shutil.rmtree(path, onerror=onerror)

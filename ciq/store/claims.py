@@ -1,0 +1,54 @@
+"""Claiming a commit, and where the operator routes a repository's runs: the two steps of
+enqueueing, over any connection (redis-py, or :mod:`ciq.store.resp` on the push path).
+
+A commit is *claimed* once: its metadata, its place in the repository's history and,
+when the broker is this same Redis, its broker message, in one atomic step. Claiming is
+what makes enqueueing idempotent: a second observer, a restarted observer or a repeated
+`ciq enqueue` finds the claim and sends nothing. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from . import keys
+from .scripts import CLAIM, Redisish
+
+
+def claim(conn: Redisish, repo: str, sha: str, branch: str | None, meta: dict[str, str],
+          message: tuple[str, str] | None = None) -> bool:
+    """Record a commit as seen, once. False when it was claimed before (by anyone).
+
+    ``message`` is (queue, payload) when the broker is this Redis: it is then pushed in
+    the same step. Without one, the commit waits in the unsent set until its sender calls
+    :func:`mark_sent` (or a reconciler sends it).
+    """
+    rid = keys.repo_id(repo)
+    fields = {
+        **{k: v for k, v in meta.items() if v is not None},
+        "repo": repo,
+        "commit": sha,
+        "branch": branch or "",
+        "enqueued_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "attempts": "0",
+    }
+    flat = [x for kv in fields.items() for x in kv]
+    queue, payload = message or (keys.NONE, "")
+    got = conn.eval(
+        CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue],
+        [json.dumps(flat), keys.now_us(), sha, keys.member(rid, sha), rid, repo, payload])
+    return bool(int(got))
+
+
+def mark_sent(conn: Redisish, repo: str, sha: str) -> None:
+    conn.call("ZREM", keys.UNSENT, keys.member(keys.repo_id(repo), sha))
+
+
+def routed_queue(conn: Redisish, repo: str) -> str | None:
+    """The broker queue the operator's settings route this repository's runs to, if any."""
+    raw = conn.call("HGET", keys.REPO_CONFIG, keys.repo_id(repo))
+    if raw is None:
+        return None
+    queue = json.loads(raw).get("config", {}).get("queue")
+    return queue if isinstance(queue, str) and queue else None

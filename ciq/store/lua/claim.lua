@@ -1,0 +1,20 @@
+-- Claim a commit: record it as seen, once, with its metadata and its place in history.
+-- KEYS: commit hash, index, unsent, repos, broker queue (or ciq:none).
+-- ARGV: flat fields (JSON), now (µs), sha, member, rid, repo, message ('' for none).
+-- With a message (the broker is this same Redis) the claim and the broker message are
+-- one atomic step; without, the commit waits in the unsent set until the caller has
+-- sent it. Index scores only grow, so commits claimed in the same microsecond keep
+-- their order (an observer claims a push's commits in a loop). 1: claimed; 0: before.
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(cjson.decode(ARGV[1])))
+local score = tonumber(ARGV[2])
+local top = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
+redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[3])
+redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
+if ARGV[7] ~= '' then
+  redis.call('LPUSH', KEYS[5], ARGV[7])
+else
+  redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+end
+return 1

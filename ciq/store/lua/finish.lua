@@ -1,0 +1,47 @@
+-- Store the final report of a commit, once (compare-and-set), and what follows from it.
+-- KEYS: report, commit hash, started, index, branch state, events, due.
+-- ARGV: report meta (JSON), member, status, summary fields (a flat JSON list), branch,
+-- sha, event id, event (JSON), due (ms), score of a commit missing from the index (now,
+-- µs), finished_at. 1: stored; 0: a report was there already.
+--
+-- The summary goes into the commit's hash too, so that listing history never reads
+-- whole reports. A report on a branch then moves the branch's state and makes a
+-- notification event (broken, still-failing, fixed, passed) in the same atomic step, so
+-- a report stored once is an event made once. A report of a commit seen before the one
+-- the branch's state comes from (its index score is lower: an older commit that
+-- finished late, e.g. rerun after its worker died) changes neither: it is old news, and
+-- would otherwise flip the branch back. Which events are sent, and where, is decided
+-- when they are delivered (the `on` setting and the targets, read then).
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
+redis.call('SREM', KEYS[3], ARGV[2])
+if ARGV[5] == '' then return 1 end
+local score = redis.call('ZSCORE', KEYS[4], ARGV[6]) or ARGV[10]
+local raw = redis.call('HGET', KEYS[5], ARGV[5])
+local prev = false
+if raw then  -- a damaged state must not fail the script: the report is written already
+  local ok, decoded = pcall(cjson.decode, raw)
+  if ok and type(decoded) == 'table' then prev = decoded end
+end
+if prev and (tonumber(prev.score) or 0) > tonumber(score) then return 1 end
+redis.call('HSET', KEYS[5], ARGV[5], cjson.encode(
+  {status = ARGV[3], commit = ARGV[6], score = score, finished_at = ARGV[11]}))
+local was_red = prev and prev.status ~= 'passed'
+local kind
+if ARGV[3] == 'passed' then
+  kind = was_red and 'fixed' or 'passed'
+else
+  kind = was_red and 'still-failing' or 'broken'
+end
+local previous = 'null'
+if prev then
+  previous = cjson.encode({status = prev.status, commit = prev.commit,
+                           finished_at = prev.finished_at})
+end
+local meta = redis.call('HMGET', KEYS[2], 'subject', 'author')
+local event = string.sub(ARGV[8], 1, -2) .. ',"kind":' .. cjson.encode(kind)
+  .. ',"previous":' .. previous .. ',"subject":' .. cjson.encode(meta[1] or '')
+  .. ',"author":' .. cjson.encode(meta[2] or '') .. '}'
+redis.call('HSET', KEYS[6], ARGV[7], event)
+redis.call('ZADD', KEYS[7], ARGV[9], ARGV[7])
+return 1

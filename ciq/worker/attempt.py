@@ -1,0 +1,281 @@
+"""One attempt at a commit, or at one chunk of a sharded commit: exactly-once reporting
+over at-least-once delivery.
+
+An attempt takes its lease (:mod:`.lease`), gives up with an `error` report when the
+commit keeps killing its worker (past ``max_attempts``: a poison commit), else prepares
+the checkout, decides whether to shard (:mod:`ciq.sharding`; only a whole commit run
+with the default command, and only here, between preparing and running), runs the
+tests and stores what it found: a commit's report with the final compare-and-set (via
+the outbox, so that Redis being away loses nothing), a chunk's result once, and the
+merged report when it was the last chunk.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from ..dispatch import Message, Sender
+from ..repoconfig import RepoConfig
+from ..report import Report, utcnow
+from ..runner.commit import Checkout, collect, prepare, run_tests
+from ..runner.runs import RunSpec, clean_up
+from ..settings import Settings
+from ..sharding.plan import ShardPlan, decide, plan_chunks
+from ..store import outbox
+from ..store.shards import DROPPED, LAST, Shards
+from ..store.store import Store
+from .lease import ChunkLease, CommitLease, Heartbeat, Lease, patiently, wait_for
+
+logger = logging.getLogger(__name__)
+
+#: Why a fail-fast plan's chunks without a result did not run.
+FAIL_FAST = "stopped at the first failing chunk (fail_fast)"
+#: Why a plan whose lease lapsed has chunks without a result.
+PLAN_LAPSED = "the sharded run did not finish within its time limit"
+
+
+@dataclass(frozen=True)
+class Attempts:
+    """What one worker process needs to make attempts: its settings, the store, the
+    sharding state and the sender. One per process (pool processes are forked)."""
+
+    settings: Settings
+    store: Store
+    shards: Shards
+    sender: Sender
+
+    @classmethod
+    def open(cls, settings: Settings) -> Attempts:
+        store = Store.from_url(settings.result_backend)
+        shards = Shards(store, settings.lease_ttl, settings.time_limit, settings.output_limit)
+        return cls(settings, store, shards, Sender.for_store(settings, store))
+
+    def run(self, repo: str, sha: str, branch: str | None, worker: str,
+            chunk: int | None = None) -> str:
+        """Make one attempt at the commit (or at its chunk ``chunk``) and store what it
+        found. Returns what happened, in a few words for Celery's log and Flower: the
+        status stored, or why nothing was (already reported, a live run holds it)."""
+        run_id = uuid.uuid4().hex
+        lease: Lease
+        if chunk is None:
+            lease = CommitLease(self.store, repo, sha, run_id, self.settings.lease_ttl, worker)
+        else:
+            lease = ChunkLease(self.shards, repo, sha, run_id, chunk)
+        got = patiently(f"run {run_id}", lambda: wait_for(lease, self.settings.lease_ttl))
+        if got == -1 and chunk is None:
+            logger.info("run %s: %s already reported; dropping this copy", run_id, sha[:12])
+            return "already reported"
+        if got <= 0:
+            logger.info("run %s: %s is done or being run elsewhere; standing down", run_id,
+                        lease.what)
+            return "stood down"
+        attempt = _Attempt(self, lease, branch, worker, got)
+        try:
+            return attempt.make()
+        finally:
+            attempt.close()
+
+
+class _Attempt:
+    """One attempt, from its lease taken to its lease released."""
+
+    def __init__(self, attempts: Attempts, lease: Lease, branch: str | None, worker: str,
+                 number: int) -> None:
+        self.a, self.lease, self.branch, self.worker = attempts, lease, branch, worker
+        self.number = number
+        self.repo, self.sha, self.run_id = lease.repo, lease.sha, lease.run_id
+        self.tag = f"run {self.run_id}"
+        self.spec: RunSpec | None = None
+        #: The sharding plan this attempt runs a chunk of (its own, once it shards).
+        self.plan: ShardPlan | None = None
+        #: The commit's lease, kept to release it when the attempt moved to chunk 0.
+        self.commit_lease: Lease | None = None
+
+    def make(self) -> str:
+        a, sha = self.a, self.sha
+        shards = a.shards
+        if self.lease.chunk is None:
+            if patiently(self.tag, lambda: shards.plan(self.repo, sha)):
+                # The commit's lease lapsed under a plan: its chunks did not all finish in
+                # the time limit.
+                logger.warning("%s: the sharded run of %s outlived its time; reporting what "
+                               "its chunks reported", self.tag, sha[:12])
+                merged = shards.finish(self.repo, sha, lost_reason=PLAN_LAPSED)
+                return f"merged late: {merged.status}" if merged else "already reported"
+        else:
+            self.plan = patiently(self.tag, lambda: shards.plan(self.repo, sha))
+            if self.plan is None or self.lease.chunk >= len(self.plan.chunks):
+                return "stood down"
+        if self.number > a.settings.max_attempts:
+            report = self._gave_up()
+        else:
+            self.spec = self._spec()
+            with Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl):
+                report = self._guarded(self.spec)
+        return self._store(report)
+
+    def _spec(self) -> RunSpec:
+        s = self.a.settings
+        stored = patiently(self.tag, lambda: self.a.store.repo_config(self.repo))
+        operator = RepoConfig.parse(stored[1], stored[0]) if stored else None
+        return RunSpec(
+            repo=self.repo, sha=self.sha, branch=self.branch, run_id=self.run_id,
+            worker=self.worker, attempts=self.number, data_dir=s.data_dir,
+            time_limit=s.time_limit, output_limit=s.output_limit,
+            min_free_bytes=s.min_free_mb << 20, run_as=s.run_as, operator=operator,
+            env_root=s.env_root, env_cache_size=s.env_cache_size,
+        )  # fmt: skip
+
+    def _guarded(self, spec: RunSpec) -> Report:
+        try:
+            return self._run(spec)
+        except Exception as exc:  # a ciq bug must not loop the commit forever
+            logger.exception("%s: internal error on %s", self.tag, self.sha[:12])
+            return Report(
+                repo=self.repo, commit=self.sha, branch=self.branch, status="error",
+                worker=self.worker, attempts=self.number, run_id=self.run_id,
+                finished_at=utcnow(), message=f"ciq internal error: {exc!r}",
+            )  # fmt: skip
+
+    def _run(self, spec: RunSpec) -> Report:
+        with prepare(spec) as ready:
+            if isinstance(ready, Report):
+                return ready
+            if self.plan is not None:
+                assert self.lease.chunk is not None
+                return run_tests(ready, self.plan.chunks[self.lease.chunk])
+            return run_tests(ready, self._shard(ready))
+
+    # -- sharding -----------------------------------------------------------------------
+
+    def _shard(self, ready: Checkout) -> list[str] | None:
+        """Decide whether to shard this commit and, if so, plan it and take chunk 0: the
+        test ids this run goes on to run (its own chunk), or None to run them all."""
+        if ready.custom_command:
+            return None  # only the default command can be given test ids
+        a = self.a
+        config = ready.config
+        mode = (config.shard if config and config.shard else None) or a.settings.shard
+        if mode == "never":
+            return None
+        queue = a.sender.queue_for(self.repo)
+        try:
+            processes = a.shards.processes(queue)
+            if mode == "auto" and processes < 2:
+                return None  # the usual case on one worker: no need for the durations
+            durations = a.shards.durations(self.repo)
+        except redis.RedisError as exc:  # Redis away: run it whole rather than wait
+            logger.warning("%s: cannot plan a sharded run (%s); running it whole", self.tag,
+                           exc)
+            return None
+        if not decide(mode, durations, processes, a.settings.shard_min_seconds):
+            return None
+        ids = collect(ready)
+        if not ids or len(ids) < 2:
+            return None
+        chunks = plan_chunks(ids, durations, max(processes, 2), a.settings.shard_min_chunk)
+        if len(chunks) < 2:
+            return None
+        plan = ShardPlan(self.repo, self.sha, self.branch, chunks, ready.head().to_dict(),
+                         bool(config and config.fail_fast), queue)
+        # Largest first on the queue's right end: chunk 1 is the next one taken.
+        messages = [a.sender.chunk(self.repo, self.sha, self.branch, i, queue)
+                    for i in range(len(chunks) - 1, 0, -1)]
+        try:
+            created = a.sender.along(messages, self._plan_step(plan))
+        except redis.RedisError as exc:  # run it whole; chunks queued anyway only repeat it
+            logger.warning("%s: cannot store the plan (%s); running it whole", self.tag, exc)
+            return None
+        if not created:
+            return None  # lost the lease meanwhile: the report will be dropped anyway
+        self.plan = plan
+        self.commit_lease, self.lease = self.lease, ChunkLease(
+            a.shards, self.repo, self.sha, self.run_id, 0)
+        logger.info("%s: %s sharded into %d chunks for %d processes", self.tag, self.sha[:12],
+                    len(chunks), processes)
+        return chunks[0]
+
+    def _plan_step(self, plan: ShardPlan) -> Callable[[list[Message]], bool]:
+        def step(inline: list[Message]) -> bool:
+            return self.a.shards.create(plan, self.run_id, [m.body for m in inline])
+
+        return step
+
+    # -- storing what it found ----------------------------------------------------------
+
+    def _gave_up(self) -> Report:
+        """The `error` report of a commit (or chunk) whose runs kept killing their worker."""
+        what = f"chunk {self.lease.chunk + 1}: " if self.lease.chunk is not None else ""
+        attempts = self.number - 1
+        return Report(
+            repo=self.repo, commit=self.sha, branch=self.branch, status="error",
+            worker=self.worker, attempts=attempts, run_id=self.run_id, started_at=utcnow(),
+            finished_at=utcnow(),
+            message=f"{what}gave up after {attempts} attempts: every run ended with its "
+            "worker process dying (does a test kill its parent process?)",
+        )  # fmt: skip
+
+    def _store(self, report: Report) -> str:
+        if self.lease.chunk is not None:
+            return self._store_chunk(report)
+        a, sha = self.a, self.sha
+        saved = outbox.save(a.settings.data_dir, report)
+        if not patiently(self.tag, lambda: outbox.deliver(a.store, saved, report)):
+            logger.warning("%s: %s was reported meanwhile; dropping this report", self.tag,
+                           sha[:12])
+            return "dropped: reported meanwhile"
+        logger.info("%s: %s %s (%d tests, %.2fs)", self.tag, sha[:12], report.status,
+                    report.summary.total, report.duration)
+        try:
+            a.shards.record_durations(report)
+        except redis.RedisError as exc:  # they only help the next plan
+            logger.warning("%s: could not keep test durations: %s", self.tag, exc)
+        return report.status
+
+    def _store_chunk(self, report: Report) -> str:
+        index, plan = self.lease.chunk, self.plan
+        assert index is not None and plan is not None
+        merged = patiently(self.tag, lambda: store_chunk(self.a.shards, plan, index, report,
+                                                         self.run_id))
+        logger.info("%s: chunk %d of %s %s (%d tests, %.2fs)%s", self.tag, index + 1,
+                    self.sha[:12], report.status, report.summary.total, report.duration,
+                    f"; {self.sha[:12]} {merged.status}" if merged else "")
+        if self.commit_lease is not None:  # this run planned the commit
+            return f"sharded; merged: {merged.status}" if merged else "sharded; chunk 1 done"
+        return f"chunk {index + 1}; merged: {merged.status}" if merged else \
+            f"chunk {index + 1} done"
+
+    def close(self) -> None:
+        for lease in (self.lease, self.commit_lease):
+            if lease is None:
+                continue
+            try:
+                lease.release()
+            except redis.RedisError as exc:  # it expires by itself
+                logger.warning("%s: could not release the lease of %s: %s", self.tag,
+                               lease.what, exc)
+        if self.spec is not None:
+            clean_up(self.spec.data_dir, self.run_id, self.repo)
+
+
+def store_chunk(shards: Shards, plan: ShardPlan, index: int, report: Report,
+                run_id: str) -> Report | None:
+    """Store the report of chunk ``index`` of ``plan`` (made by run ``run_id``); the
+    commit's report when this stored it too (the last chunk, or the first failure of a
+    fail-fast plan)."""
+    got = shards.done(plan.repo, plan.sha, index, report, run_id)
+    if got == DROPPED:
+        logger.info("chunk %d of %s: a result is there already; dropping this one",
+                    index + 1, plan.sha[:12])
+        return None
+    if got == LAST:
+        return shards.finish(plan.repo, plan.sha)
+    if plan.fail_fast and report.status != "passed":
+        return shards.finish(plan.repo, plan.sha, FAIL_FAST)
+    return None
+

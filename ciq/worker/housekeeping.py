@@ -1,0 +1,88 @@
+"""What a ciq worker runs besides tasks: the reconciler, the stale-run sweeper and the
+delivery of notifications.
+
+They run in threads of the worker's main process (a Celery bootstep), not in the pool,
+so they keep going while every pool process is busy with a long run, and no run waits
+for a slow webhook.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery import bootsteps
+
+from ..dispatch import reconcile
+from ..notify.delivery import Deliverer
+from ..runner.runs import sweep_stale_runs
+from ..store import outbox
+from .attempt import Attempts
+
+logger = logging.getLogger(__name__)
+
+
+class Housekeeping(bootsteps.StartStopStep):
+    """Every ``reconcile_interval`` seconds: sweep this host's dead runs (and free their
+    leases), deliver reports left in the outbox, and (in one worker of the cluster at a
+    time) hand commits whose run died back to the queue. A second thread delivers due
+    notification events (:mod:`ciq.notify.delivery`)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._notifier: threading.Thread | None = None
+        self._attempts: Attempts | None = None
+
+    def start(self, worker: Any) -> None:
+        mine = Attempts.open(worker.app.ciq_settings)  # the same parts as a pool process's
+        self._attempts = mine
+        self._thread = threading.Thread(target=self._loop, args=(worker, mine),
+                                        name="ciq-housekeeping", daemon=True)
+        self._thread.start()
+        # A thread of its own: a webhook that takes CIQ_NOTIFY_TIMEOUT to fail must not
+        # hold up the reconciler.
+        settings = mine.settings
+        deliverer = Deliverer(mine.store, settings)
+        self._notifier = threading.Thread(
+            target=deliverer.run, args=(self._stop, settings.reconcile_interval),
+            name="ciq-notify", daemon=True,
+        )  # fmt: skip
+        self._notifier.start()
+
+    def _loop(self, worker: Any, mine: Attempts) -> None:
+        settings, store, shards = mine.settings, mine.store, mine.shards
+        queues = list(worker.app.amqp.queues.consume_from or [settings.queue])
+        while True:
+            try:
+                # How many runs this node takes at once, for the sharding plans of every
+                # worker (autoscaling changes it: read it each time).
+                processes = getattr(worker.pool, "num_processes", None) or worker.concurrency
+                shards.announce(worker.hostname, queues, int(processes or 1))
+                for dead in sweep_stale_runs(settings.data_dir, os.uname().nodename):
+                    # Its process is gone for sure: free the lease now (only if that run
+                    # still holds it) so the rerun need not wait for the expiry.
+                    store.release(dead.repo, dead.sha, dead.run_id)
+                outbox.deliver_pending(store, settings.data_dir)
+                if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
+                    reconcile(store, mine.sender, shards=shards)
+            except Exception as exc:  # Redis away, disk full...: log, try next time
+                logger.warning("housekeeping: pass failed: %s", exc)
+            if self._stop.wait(settings.reconcile_interval):
+                return
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        try:  # no longer counted by sharding plans (else for WORKER_SEEN_WITHIN more)
+            if self._attempts is not None:
+                self._attempts.shards.sign_off(worker.hostname)
+        except Exception as exc:  # Redis away: the entry ages out by itself
+            logger.warning("housekeeping: could not sign off: %s", exc)
+        for thread in (self._thread, self._notifier):
+            if thread is not None:
+                thread.join(timeout=5)
