@@ -4,9 +4,11 @@ FROM python:3.11-slim
 
 # git: mirrors and worktrees of the repositories under test. openssh-client: ssh:// and
 # user@host: repository URLs. ca-certificates: https:// URLs (git only recommends it).
+# bubblewrap: the box every untrusted process of a run starts in.
 # No recommends: nothing ciq runs needs them.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+        bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
 # A repository given as a folder is bind-mounted at /srv/repo (CIQ_REPO_DIR in

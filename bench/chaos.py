@@ -106,10 +106,13 @@ LOG = {log!r}
 REPO = {repo!r}
 COMMIT = {number}
 SLEEPS = {sleeps!r}
+# One pytest process of one commit: pids repeat across boxes (each has its own PID
+# namespace), so a random number tells executions apart.
+EXECUTION = int.from_bytes(os.urandom(6), "big")
 
 
 def _record(start, end):
-    line = f"{{REPO}} {{COMMIT}} {{os.getpid()}} {{start:.6f}} {{end}}\\n"
+    line = f"{{REPO}} {{COMMIT}} {{EXECUTION}} {{start:.6f}} {{end}}\\n"
     fd = os.open(LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line.encode())
@@ -179,7 +182,9 @@ class World:
     def __init__(self) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="ciq-chaos-")).resolve()
         (self.root / "logs").mkdir()
-        self.exec_log = self.root / "executions.log"
+        # In the folder the workers share with their runs' boxes (CIQ_BOX_SHARED).
+        (self.root / "shared").mkdir()
+        self.exec_log = self.root / "shared" / "executions.log"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -224,7 +229,8 @@ class World:
     def env(self, data_dir: Path, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
         env.update(CIQ_BROKER_URL=self.url, CIQ_RESULT_BACKEND=self.url,
-                   CIQ_DATA_DIR=str(data_dir), **extra)
+                   CIQ_DATA_DIR=str(data_dir), CIQ_BOX_SHARED=str(self.root / "shared"),
+                   **extra)
         return env
 
     def _worker(self, name: str) -> Daemon:

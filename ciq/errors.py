@@ -47,6 +47,11 @@ class BuildError(CiqError):
         self.timed_out = timed_out
 
 
+class BoxUnavailable(CiqError):
+    """Raised when this host cannot make the box untrusted code must run in (bubblewrap
+    missing): nothing of the commit runs without it."""
+
+
 class JUnitError(CiqError):
     """Raised when a JUnit XML file is missing, too large or not JUnit XML."""
 

@@ -7,6 +7,7 @@ before parsing.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from xml.etree.ElementTree import Element, SubElement, tostring
 
@@ -21,6 +22,12 @@ from .text import xml_safe
 MAX_JUNIT_BYTES = 50 * 1024 * 1024
 #: Characters of a failure message kept per test.
 MAX_MESSAGE_CHARS = 4000
+#: How the error of a run that wrote no JUnit XML at all starts.
+NO_JUNIT = "no JUnit XML was written"
+#: Test cases ciq keeps from one run: more is junk (or a suite no report can hold).
+MAX_TESTS = 100_000
+#: Characters of a test id kept; a longer one is cut and made unique by a digest.
+MAX_ID_CHARS = 1000
 
 
 def _test_id(case: Element) -> str:
@@ -32,8 +39,15 @@ def _test_id(case: Element) -> str:
         module = path[:-3].replace("/", ".") if path.endswith(".py") else ""
         inside = module and classname.startswith(module)
         rest = classname[len(module) :].lstrip(".") if inside else ""
-        return "::".join(p for p in (path, *rest.split(".")) if p) + "::" + name
-    return f"{classname}::{name}" if classname else name
+        return _capped("::".join(p for p in (path, *rest.split(".")) if p) + "::" + name)
+    return _capped(f"{classname}::{name}" if classname else name)
+
+
+def _capped(test_id: str) -> str:
+    if len(test_id) <= MAX_ID_CHARS:
+        return test_id
+    digest = hashlib.sha256(test_id.encode("utf-8", "replace")).hexdigest()[:12]
+    return f"{test_id[: MAX_ID_CHARS - 20]}…[{digest}]"
 
 
 def _outcome(case: Element) -> tuple[str, str]:
@@ -53,23 +67,32 @@ def parse_junit(path: str | os.PathLike[str]) -> list[TestResult]:
     try:
         size = os.path.getsize(path)
     except OSError as exc:
-        raise JUnitError(f"no JUnit XML was written ({exc.strerror})") from None
+        raise JUnitError(f"{NO_JUNIT} ({exc.strerror})") from None
     if size > MAX_JUNIT_BYTES:
         raise JUnitError(f"JUnit XML is {size} bytes, over the {MAX_JUNIT_BYTES} byte limit")
+    results: list[TestResult] = []
     try:
-        root = SafeET.parse(path, forbid_dtd=True).getroot()
-    except (SafeET.ParseError, DefusedXmlException, ValueError) as exc:
+        # Streamed, each test case dropped once read: a file near the size cap would
+        # otherwise cost the worker ten times its size in memory.
+        events = SafeET.iterparse(path, events=("start", "end"), forbid_dtd=True)
+        _, root = next(events)
+        if root.tag not in ("testsuites", "testsuite"):
+            raise JUnitError(f"JUnit XML has root <{root.tag[:40]}>, not <testsuites>")
+        for event, case in events:
+            if event != "end" or case.tag != "testcase":
+                continue
+            if len(results) == MAX_TESTS:
+                raise JUnitError(f"JUnit XML lists more than {MAX_TESTS} test cases")
+            outcome, message = _outcome(case)
+            try:
+                duration = max(0.0, float(case.get("time") or 0.0))
+            except ValueError:
+                duration = 0.0
+            results.append(TestResult(_test_id(case), outcome, round(duration, 6), message))
+            case.clear()
+            root.clear()
+    except (SafeET.ParseError, DefusedXmlException, ValueError, StopIteration) as exc:
         raise JUnitError(f"JUnit XML is not readable: {exc}") from None
-    if root.tag not in ("testsuites", "testsuite"):
-        raise JUnitError(f"JUnit XML has root <{root.tag[:40]}>, not <testsuites>")
-    results = []
-    for case in root.iter("testcase"):
-        outcome, message = _outcome(case)
-        try:
-            duration = max(0.0, float(case.get("time") or 0.0))
-        except ValueError:
-            duration = 0.0
-        results.append(TestResult(_test_id(case), outcome, round(duration, 6), message))
     return results
 
 

@@ -34,6 +34,13 @@ _KINDS: dict[str, str] = {
     "notify": "a table with webhook, secret, email, on",
     "shard": "\"auto\", \"always\" or \"never\" (or true / false)",
     "fail_fast": "true or false",
+    "network": "true or false",
+}
+#: Keys only the operator's file may set: a commit may not widen its own box or say
+#: where its notifications go.
+_OPERATOR_ONLY = {
+    "notify": "[repo.notify] of its [[repo]] entry",
+    "network": "`network = true` in its [[repo]] entry",
 }
 
 #: Keys of a ``notify`` table and what each holds.
@@ -116,7 +123,7 @@ def _valid(key: str, value: Any) -> bool:
     if key == "queue":
         return isinstance(value, str) and bool(value) and value.replace("-", "").replace(
             "_", "").isalnum()
-    if key in ("install", "fail_fast"):
+    if key in ("install", "fail_fast", "network"):
         return isinstance(value, bool)
     if key == "shard":
         return isinstance(value, bool) or value in ("auto", "always", "never")
@@ -157,6 +164,8 @@ class RepoConfig:
     shard: str | None = None
     #: A sharded run reports `failed` at its first failing chunk; the rest do not run.
     fail_fast: bool | None = None
+    #: The tests may use the network (the operator's file only); None: they may not.
+    network: bool | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str, from_commit: bool = False) -> RepoConfig:
@@ -168,9 +177,9 @@ class RepoConfig:
             if key not in _KINDS:
                 known = ", ".join(sorted(_KINDS))
                 raise ConfigError(f"{source}: unknown key {key!r} (known: {known})")
-            if key == "notify" and from_commit:
-                raise ConfigError(f"{source}: 'notify' may be set only in the operator's "
-                                  "settings file ([repo.notify] of its [[repo]] entry)")
+            if key in _OPERATOR_ONLY and from_commit:
+                raise ConfigError(f"{source}: {key!r} may be set only in the operator's "
+                                  f"settings file ({_OPERATOR_ONLY[key]})")
             if not _valid(key, value):
                 raise ConfigError(f"{source}: {key!r} must be {_KINDS[key]}, not {value!r}")
         return cls(
@@ -189,6 +198,7 @@ class RepoConfig:
             notify=Notify.parse(data["notify"], source) if "notify" in data else None,
             shard=_shard_mode(data["shard"]) if "shard" in data else None,
             fail_fast=data.get("fail_fast"),
+            network=data.get("network"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -222,6 +232,8 @@ class RepoConfig:
             out["shard"] = self.shard
         if self.fail_fast is not None:
             out["fail_fast"] = self.fail_fast
+        if self.network is not None:
+            out["network"] = self.network
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -244,6 +256,7 @@ class RepoConfig:
             notify=base.notify or self.notify,
             shard=self.shard or base.shard,
             fail_fast=self.fail_fast if self.fail_fast is not None else base.fail_fast,
+            network=base.network,
         )
 
 

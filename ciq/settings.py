@@ -56,6 +56,20 @@ class Settings:
     #: User the code under test runs as (a worker running as root only): it then cannot
     #: reach the mirrors, the outbox or other runs. None: the worker's own user.
     run_as: str | None = None
+    #: MiB of memory the processes of one run's box may use together (a memory cgroup
+    #: where the host offers one, else each process's address space); 0: no limit.
+    memory_limit_mb: int = 4096
+    #: Processes (and threads) one run's box may have at once; 0: no limit.
+    process_limit: int = 512
+    #: MiB of the box's private /tmp and /dev/shm (each; in memory, so part of the limit).
+    tmp_mb: int = 512
+    #: A folder of the host that every run's box may write (same path inside): for
+    #: artefacts or a cache the operator chooses to share between runs. Anything in it
+    #: is readable by every later run: never a folder with secrets. None: no such folder.
+    box_shared: Path | None = None
+    #: More package index hosts (``host[:port]``, comma-separated) that build steps may
+    #: reach besides the ones of the worker's UV_/PIP_ index settings and PyPI.
+    index_hosts: str = ""
     #: Name written in reports as `worker`; None: the Celery node name (name@host).
     worker_name: str | None = None
     #: Cached virtual environments of this host, shared by its workers; None: DATA/envs.
@@ -105,6 +119,11 @@ class Settings:
         "output_limit": "CIQ_OUTPUT_LIMIT",
         "min_free_mb": "CIQ_MIN_FREE_MB",
         "run_as": "CIQ_RUN_AS",
+        "memory_limit_mb": "CIQ_MEMORY_LIMIT_MB",
+        "process_limit": "CIQ_PROCESS_LIMIT",
+        "tmp_mb": "CIQ_TMP_MB",
+        "index_hosts": "CIQ_INDEX_HOSTS",
+        "box_shared": "CIQ_BOX_SHARED",
         "worker_name": "CIQ_WORKER_NAME",
         "env_dir": "CIQ_ENV_DIR",
         "env_cache_size": "CIQ_ENV_CACHE_SIZE",
@@ -139,6 +158,21 @@ class Settings:
                 pwd.getpwnam(self.run_as)
             except KeyError:
                 raise ConfigError(f"{self.ENV['run_as']}={self.run_as!r}: no such user") from None
+        for name in ("memory_limit_mb", "process_limit"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self.ENV[name]} must be 0 (no limit) or more")
+        if self.process_limit and self.process_limit < 16:
+            raise ConfigError(f"{self.ENV['process_limit']} must be at least 16: pytest, "
+                              "its interpreter and the box need a few")
+        if self.box_shared is not None:
+            shared, data = self.box_shared.resolve(), self.data_dir.resolve()
+            if not self.box_shared.is_absolute() or shared == data or data in shared.parents \
+                    or shared in data.parents:
+                raise ConfigError(f"{self.ENV['box_shared']} must be an absolute folder "
+                                  "apart from CIQ_DATA_DIR (the box would see the mirrors "
+                                  "and the outbox)")
+        if self.tmp_mb < 1:
+            raise ConfigError(f"{self.ENV['tmp_mb']} must be at least 1 (MiB)")
         if self.output_limit < 1024:
             raise ConfigError(f"{self.ENV['output_limit']} must be at least 1024 bytes")
         for name in ("broker_url", "result_backend"):

@@ -25,6 +25,8 @@ ciq_system_packages() {
     command -v git >/dev/null || missing+=(git)
     command -v redis-server >/dev/null || missing+=(redis-server)
     command -v openssl >/dev/null || missing+=(openssl)
+    # Every untrusted process of a run starts in a bubblewrap box (ciq/runner/box.py).
+    command -v bwrap >/dev/null || missing+=(bubblewrap)
     python3 -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
     ciq_apt_install "${missing[@]}"
     python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {

@@ -92,7 +92,10 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerP
               python: str = sys.executable, queues: str | None = None,
               **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{name}-{len(started)}.log"
-        environ = ciq_env(settings, **env)
+        # The folder the tests of a commit may write and this test read (their markers).
+        shared = tmp_path / "shared"
+        shared.mkdir(exist_ok=True)
+        environ = ciq_env(settings, **{"CIQ_BOX_SHARED": str(shared), **env})
         if data_dir is not None:
             environ["CIQ_DATA_DIR"] = str(data_dir)
         cmd = [python, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",

@@ -167,6 +167,8 @@ def children(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
+    if pid <= 0:  # never kill(0) or kill(-1): that would ask about whole groups
+        return False
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
@@ -266,7 +268,9 @@ def assert_one_line_error(done, *words: str) -> None:
 
 
 def marker_test(marker: Path, sleep_first: float) -> str:
-    """A test that records each run (and its pid) in ``marker``; the first run sleeps."""
+    """A test that records each run in ``marker`` (a file of the workers' shared folder,
+    CIQ_BOX_SHARED); the first run sleeps. Each line is the test's pid inside its box and
+    its working directory, which :func:`runs_in` turns into the pid on this host."""
     return f"""\
 import os, pathlib, time
 
@@ -275,14 +279,35 @@ MARK = pathlib.Path({str(marker)!r})
 def test_records_its_run():
     runs = MARK.read_text().splitlines() if MARK.exists() else []
     with MARK.open("a") as fh:
-        fh.write(f"{{os.getpid()}}\\n")
+        fh.write(f"{{os.getpid()}} {{os.getcwd()}}\\n")
     if not runs:
         time.sleep({sleep_first})
 """
 
 
 def runs_in(marker: Path) -> list[int]:
-    return [int(x) for x in marker.read_text().split()] if marker.exists() else []
+    """The host pids of the runs ``marker`` recorded (0 for a process already gone)."""
+    if not marker.exists():
+        return []
+    return [host_pid(int(nspid), cwd) for nspid, cwd in
+            (line.split(" ", 1) for line in marker.read_text().splitlines() if line)]
+
+
+def host_pid(box_pid: int, cwd: str) -> int:
+    """The pid on this host of process ``box_pid`` of a box, found by its pid in its own
+    namespace (``NSpid``) and its working directory; 0 when no such process lives."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+            nspids = next(x for x in status.splitlines() if x.startswith("NSpid:")).split()
+            if len(nspids) > 2 and int(nspids[-1]) == box_pid and \
+                    os.readlink(f"/proc/{name}/cwd") == cwd:
+                return int(name)
+        except (OSError, StopIteration, ValueError):
+            continue
+    return 0
 
 
 # -- reports written the way workers write them (claim, then finish) --------------------

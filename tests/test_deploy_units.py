@@ -396,7 +396,9 @@ def autoscaled(settings: Settings, tmp_path: Path) -> Iterator[object]:
     def start(name: str, autoscale: str) -> tuple[subprocess.Popen, Path]:
         log = tmp_path / f"worker-{name}.log"
         # AUTOSCALE_KEEPALIVE: seconds idle before Celery shrinks the pool (30 by default)
-        env = ciq_env(settings, AUTOSCALE_KEEPALIVE="2")
+        shared = tmp_path / "shared"  # where the tests log their starts and ends
+        shared.mkdir(exist_ok=True)
+        env = ciq_env(settings, AUTOSCALE_KEEPALIVE="2", CIQ_BOX_SHARED=str(shared))
         env["CIQ_DATA_DIR"] = str(tmp_path / f"data-{name}")
         cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
                f"--autoscale={autoscale}", f"--hostname={name}@%h", "--without-mingle",
@@ -420,7 +422,7 @@ def test_autoscale_grows_and_shrinks_the_pool_and_housekeeping_still_reruns(
     autoscaled, make_repo, settings: Settings, store: Store, tmp_path: Path
 ):
     # Given an autoscaled worker (1 to 3 pool processes) and three commits of 4 s each
-    events = tmp_path / "events"
+    events = tmp_path / "shared" / "events"
     proc, log = autoscaled("a1", "3,1")
     assert len(children(proc.pid)) == 1
     repos = [make_repo({"tests/test_s.py": sleeping_test(events, 4)}) for _ in range(3)]

@@ -105,8 +105,10 @@ def test_the_recipe_reads_extras_requirements_and_build_backend(tmp_path: Path):
     assert "pyproject.toml" in DEPENDENCY_FILES
 
 
-def test_bad_environment_settings_name_the_key_and_the_file():
+def test_bad_environment_settings_name_the_key_and_the_file(tmp_path: Path):
     from ciq.errors import ConfigError
+    from ciq.runner.box import Box, own_interpreter, run_env
+    from ciq.runner.process import run_sandboxed
 
     with pytest.raises(ConfigError, match=r"ciq.toml: 'deps' must be"):
         RepoConfig.parse({"deps": ["../../etc/passwd"]}, "ciq.toml")
@@ -115,7 +117,13 @@ def test_bad_environment_settings_name_the_key_and_the_file():
     with pytest.raises(ConfigError, match=r"pyproject.toml: 'python' = '1.0': no such"):
         from uv import find_uv_bin
 
-        Python.find("1.0", find_uv_bin(), "pyproject.toml")
+        def probe(cmd: list[str], interpreter: Path | None) -> tuple[int, str]:
+            box = Box(tmp_path, run_env({}, tmp_path)).allow_read(own_interpreter(),
+                                                                   find_uv_bin())
+            done = run_sandboxed(cmd, box, 60, 4096, tmp_path)
+            return done.exit_code, done.output
+
+        Python.find("1.0", find_uv_bin(), "pyproject.toml", probe)
 
 
 def test_the_project_is_found_by_its_direct_url(tmp_path: Path):

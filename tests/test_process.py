@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ciq.runner.process import OutputTail, run_environment
 
 
@@ -24,8 +26,11 @@ def test_output_tail_keeps_short_output_whole() -> None:
     assert out.text() == "short \ufffd output"
 
 
-def test_test_environment_hides_ciq_and_celery_variables() -> None:
-    env = run_environment({"PATH": "/bin", "CIQ_BROKER_URL": "redis://:secret@h",
-                            "CELERY_BROKER_URL": "x", "HOME": "/root"})
-    assert env["PATH"] == "/bin" and env["HOME"] == "/root"
-    assert not [k for k in env if k.startswith(("CIQ_", "CELERY_"))]
+def test_the_run_environment_is_an_allow_list_never_the_workers() -> None:
+    env = run_environment({"PATH": "/root/.pyenv/shims:/bin", "CIQ_BROKER_URL": "redis://:s@h",
+                           "CELERY_BROKER_URL": "x", "HOME": "/root", "AWS_SECRET_KEY": "k",
+                           "LANG": "de_DE.UTF-8", "LD_PRELOAD": "/x.so"}, Path("/run/home"))
+    assert env["HOME"] == "/run/home" and env["LANG"] == "de_DE.UTF-8"
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin" and env["CI"] == "true"
+    assert env["GIT_CONFIG_VALUE_0"] == "/dev/null"  # git in the checkout runs no hooks
+    assert not {"CIQ_BROKER_URL", "CELERY_BROKER_URL", "AWS_SECRET_KEY", "LD_PRELOAD"} & set(env)

@@ -124,7 +124,7 @@ def test_fail_fast_reports_at_the_first_failing_chunk_and_names_what_did_not_run
 def test_a_chunk_whose_worker_dies_runs_again_elsewhere_and_the_merge_waits_for_it(
     make_repo, worker, store: Store, settings: Settings, tmp_path: Path
 ):
-    marker = tmp_path / "marker"
+    marker = tmp_path / "shared" / "marker"
     victim = (f"import os, pathlib, time\n\nMARK = pathlib.Path({str(marker)!r})\n\n"
               "def test_victim():\n    first = not MARK.exists()\n"
               "    MARK.open('a').write(f'{os.getpid()}\\n')\n"

@@ -19,18 +19,32 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import BuildError, CiqError, ConfigError, JUnitError
+from uv import find_uv_bin  # the uv wheel's own binary
+
+from ..errors import BoxUnavailable, BuildError, CiqError, ConfigError, JUnitError
 from ..junit import parse_junit
 from ..repoconfig import RepoConfig, from_checkout
 from ..report import Report, Summary, TestResult, utcnow
 from . import runs
+from .box import (
+    SYSTEM_PATH,
+    Box,
+    Rooms,
+    bwrap,
+    git_admin_of,
+    interpreter_home,
+    own_interpreter,
+)
 from .environments import Builder, EnvCache
 from .outcome import build_failure, collected, default_command, default_tests, verdict
 from .process import run_environment, run_sandboxed
-from .recipe import Python, recipe_for
+from .recipe import Probe, Python, recipe_for
 from .runs import RunSpec
 
 __all__ = ["Checkout", "RunSpec", "collect", "prepare", "run_tests"]
+
+#: Seconds the probe of an interpreter a commit names may take.
+PROBE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -62,10 +76,12 @@ class Checkout:
     config: RepoConfig | None
     #: The environment of the tests (and of their collection).
     env: dict[str, str]
-    #: The user (uid, gid) the tests run as; None: the worker's.
-    user: tuple[int, int] | None
+    #: What the run's boxes may see.
+    rooms: Rooms
     #: The run's own virtual environment, on top of the cached one.
     overlay: Path
+    #: The cached environment under it (read-only in the tests' box).
+    base: Path
     #: time.monotonic() of the time limit.
     deadline: float
     timings: dict[str, float]
@@ -91,6 +107,10 @@ class Checkout:
         return self.start.report("passed", command=self.shown_command,
                                  environment=dict(self.environment), timings=dict(self.timings))
 
+    def box(self, env: dict[str, str]) -> Box:
+        """The box of the tests and of their collection."""
+        return self.rooms.tests(env, [self.base])
+
     def left(self) -> float:
         """Seconds left before the time limit (at least one, to report what happened)."""
         return max(self.deadline - time.monotonic(), 1)
@@ -102,6 +122,11 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
     :class:`Checkout`, or the `error` / `timeout` report of why it could not be. The
     cached environment stays held (shared) until the block ends."""
     start = _Start(spec)
+    try:
+        bwrap()
+    except BoxUnavailable as exc:  # before anything of the commit is on the disk
+        yield start.report("error", str(exc))
+        return
     run_dir = runs.start(spec.data_dir, spec.run_id, spec.repo, spec.sha)
     worktree = run_dir / "src"
     mirror = runs.mirror_for(spec.data_dir, spec.repo)
@@ -119,10 +144,11 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
         return
     config = own.over(spec.operator) if own else spec.operator
     out = run_dir / "out"
-    (out / "home").mkdir(parents=True)
-    env = run_environment(dict(os.environ))
+    home = out / "home"
+    home.mkdir(parents=True)
+    env = run_environment(dict(os.environ), home)
     if config:
-        env.update(config.env)
+        env.update(config.env)  # inside the box only: never the supervisor's
     time_limit = min(config.timeout, spec.time_limit) if config and config.timeout else (
         spec.time_limit)
     deadline = start.t0 + time_limit
@@ -134,16 +160,23 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
         pw = pwd.getpwnam(spec.run_as)
         user = (pw.pw_uid, pw.pw_gid)
         runs.hand_over(run_dir, user, spec.data_dir)
-        env.update(HOME=str(out / "home"), USER=spec.run_as, LOGNAME=spec.run_as)
+        env.update(USER=spec.run_as, LOGNAME=spec.run_as)
+    git = git_admin_of(worktree, spec.data_dir / "mirrors")
+    rooms = Rooms(worktree, out, git[0] if git else None, git[1] if git else None,
+                  (own_interpreter(),), spec.limits, bool(config and config.network), user,
+                  spec.shared)
     setup0 = time.monotonic()
-    builder = Builder(spec, run_dir, worktree, env, user, deadline)
     try:
-        python = Python.find(config.python, builder.uv, config.source) if (
-            config and config.python) else Python.own()
+        python = Python.own()
+        if config and config.python:
+            python = Python.find(config.python, find_uv_bin(), config.source,
+                                 _prober(rooms, env, run_dir, spec))
+            rooms = rooms.with_interpreter(interpreter_home(python.executable))
         recipe = recipe_for(worktree, config, python)
     except ConfigError as exc:
         yield start.report("error", f"bad ciq settings: {exc}")
         return
+    builder = Builder(spec, run_dir, env, rooms, deadline)
     cache = EnvCache(spec.env_root or spec.data_dir / "envs", spec.env_cache_size)
     try:
         entry = cache.acquire(recipe.key, deadline)
@@ -167,8 +200,8 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
         env["VIRTUAL_ENV"] = str(overlay)
         env["PATH"] = os.pathsep.join(
             [str(overlay / "bin"), str(entry.path / "bin"), env.get("PATH", "")])
-        yield Checkout(start, run_dir, worktree, config, env, user, overlay, deadline,
-                       timings, environment)
+        yield Checkout(start, run_dir, worktree, config, env, rooms, overlay, entry.path,
+                       deadline, timings, environment)
     finally:
         entry.release()
 
@@ -181,8 +214,8 @@ def collect(ready: Checkout) -> list[str] | None:
     cmd = [str(ready.overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
            "-p", "no:cacheprovider", *default_tests(ready.worktree)]
     spec = ready.spec
-    done = run_sandboxed(cmd, ready.worktree, env, ready.left(), spec.output_limit,
-                         ready.run_dir / "pgid", spec.min_free_bytes, ready.user)
+    done = run_sandboxed(cmd, ready.box(env), ready.left(), spec.output_limit,
+                         ready.run_dir, spec.min_free_bytes)
     ready.timings["collect"] = round(time.monotonic() - collect0, 3)
     if done.exit_code != 0 or done.timed_out:
         return None
@@ -211,8 +244,8 @@ def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
             shown = f"{shown} ({len(only)} tests of a sharded run)"
         env = _src_on_path(ready.worktree, env)
     spec = ready.spec
-    done = run_sandboxed(cmd, ready.worktree, env, ready.left(), spec.output_limit,
-                         ready.run_dir / "pgid", spec.min_free_bytes, ready.user)
+    done = run_sandboxed(cmd, ready.box(env), ready.left(), spec.output_limit,
+                         ready.run_dir, spec.min_free_bytes)
     timings = {**ready.timings, "test": round(done.seconds, 3)}
     junit_error = None
     tests: list[TestResult] = []
@@ -228,6 +261,37 @@ def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
         command=shown, exit_code=done.exit_code, timings=timings,
         environment=ready.environment,
     )  # fmt: skip
+
+
+def _prober(rooms: Rooms, env: dict[str, str], run_dir: Path, spec: RunSpec) -> Probe:
+    """How to ask about an interpreter a commit names: in a box of its own with no
+    network, a minute at most, the interpreter's installation read-only."""
+
+    def probe(cmd: list[str], interpreter: Path | None) -> tuple[int, str]:
+        box = rooms.box(env).allow_read(find_uv_bin())
+        if interpreter is not None:
+            home = interpreter_home(str(interpreter))
+            if not _may_bind(home, spec.data_dir):
+                return 1, ""
+            box.allow_read(home)
+        box.env["PATH"] = os.pathsep.join([str(own_interpreter() / "bin"), SYSTEM_PATH])
+        done = run_sandboxed(cmd, box, PROBE_SECONDS, spec.output_limit, run_dir)
+        return (1 if done.timed_out else done.exit_code), done.output
+
+    return probe
+
+
+def _may_bind(home: Path, data_dir: Path) -> bool:
+    """Whether the installation of an interpreter a commit names may go into its box: a
+    folder that looks like a Python installation (``lib/python*`` or ``lib/pypy*``),
+    not ``/``, nothing of ciq's data and no configuration folder."""
+    data = data_dir.resolve()
+    if home == Path("/") or home == data or data in home.parents or home in data.parents:
+        return False
+    if home.parts[1:2] in (("etc",), ("proc",), ("sys",), ("dev",)):
+        return False
+    lib = home / "lib"
+    return lib.is_dir() and any(p.name.startswith(("python", "pypy")) for p in lib.iterdir())
 
 
 def _src_on_path(worktree: Path, env: dict[str, str]) -> dict[str, str]:

@@ -4,7 +4,7 @@ The project itself is not in the cached environment (an editable install would p
 a worktree deleted after its run; a plain one would freeze old code): each run makes a
 thin virtual environment of its own on top of the cached one and installs the project
 there, editable and without dependencies. What goes into an environment, and its key,
-is :mod:`.recipe`'s; every command of a build runs in the sandbox (:mod:`.process`).
+is :mod:`.recipe`'s; every command of a build runs in the run's box (:mod:`.box`, :mod:`.process`).
 
 The cache, under one folder per worker host (shared by its workers)::
 
@@ -22,7 +22,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,10 @@ from urllib.parse import unquote, urlparse
 from uv import find_uv_bin  # the uv wheel's own binary
 
 from ..errors import BuildError, CiqError
+from ..store.keys import repo_id
+from .box import Box, Rooms
+from .index_proxy import IndexProxy, allowed_hosts, upstream_proxy
+from .outcome import LIMIT_HIT
 from .process import run_sandboxed
 from .recipe import Recipe, Step, build_steps, install_step
 from .runs import RunSpec, chown_tree, remove_tree
@@ -174,54 +182,104 @@ class EnvCache:
         return evicted
 
 
-class Builder:
-    """Runs the commands of environment builds in the sandbox, as the tests would be."""
+#: The relay that runs in a build's box (its file, never imported by the worker).
+RELAY = str(Path(__file__).with_name("relay.py"))
+#: Port of the package index relay inside a build's box (its own loopback: any port).
+INDEX_PORT = 3128
+#: Variables of the worker's that say which package index to use: build boxes get them.
+INDEX_ENV = ("UV_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX", "UV_EXTRA_INDEX_URL",
+             "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "UV_INSECURE_HOST", "SSL_CERT_FILE")
 
-    def __init__(self, spec: RunSpec, run_dir: Path, checkout: Path, env: dict[str, str],
-                 user: tuple[int, int] | None, deadline: float) -> None:
-        self.spec, self.run_dir, self.checkout, self.user = spec, run_dir, checkout, user
-        self.deadline = deadline
+
+class Builder:
+    """Runs the commands of environment builds in the run's box, as the tests would be:
+    the environment being built and the uv cache of the repository writable, and the
+    package index (nothing else) reachable through :mod:`.index_proxy`."""
+
+    def __init__(self, spec: RunSpec, run_dir: Path, env: dict[str, str], rooms: Rooms,
+                 deadline: float) -> None:
+        self.spec, self.run_dir, self.rooms, self.deadline = spec, run_dir, rooms, deadline
+        self.checkout = rooms.worktree
         self.uv = find_uv_bin()
-        cache = spec.data_dir / "cache" / (f"uv-{user[0]}" if user else "uv")
+        user = rooms.user
+        # One cache per repository (and user): a build cannot poison another
+        # repository's downloads.
+        cache = spec.data_dir / "cache" / "uv" / (
+            f"{repo_id(spec.repo)}-{user[0]}" if user else repo_id(spec.repo))
         cache.mkdir(parents=True, exist_ok=True)
         if user:
             os.chown(cache, *user)
+        self.cache = cache
         # Bytecode is compiled at build time: a cached environment is then complete, and
         # runs that may not write to it (CIQ_RUN_AS) do not pay for compiling every time.
-        self.env = {**env, "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never",
+        self.env = {**env, **{k: os.environ[k] for k in INDEX_ENV if os.environ.get(k)},
+                    "UV_CACHE_DIR": str(cache), "UV_PYTHON_DOWNLOADS": "never",
                     "UV_NO_PROGRESS": "1", "UV_COMPILE_BYTECODE": "1"}
 
-    def run(self, steps: list[Step], venv: Path) -> None:
+    def run(self, steps: list[Step], venv: Path, index: bool = True,
+            read: tuple[Path, ...] = ()) -> None:
+        """Run ``steps`` in ``venv`` (writable); ``read``: more it may read."""
         env = {**self.env, "VIRTUAL_ENV": str(venv),
                "PATH": os.pathsep.join([str(venv / "bin"), self.env.get("PATH", "")])}
+        box = self.rooms.box(env).allow_read(self.uv, *read).allow_write(venv, self.cache)
         for step in steps:
             left = self.deadline - time.monotonic()
-            done = run_sandboxed(
-                list(step.argv), self.checkout, env, max(left, 1), self.spec.output_limit,
-                self.run_dir / "pgid", self.spec.min_free_bytes, self.user,
-            )  # fmt: skip
+            with self._index(box, index) as argv:
+                done = run_sandboxed(argv(list(step.argv)), box, max(left, 1),
+                                     self.spec.output_limit, self.run_dir,
+                                     self.spec.min_free_bytes)
             if done.timed_out:
                 raise BuildError(f"{step.label} hit the time limit", done.output, True)
             if done.disk_full:
                 raise BuildError(f"{step.label} was stopped: the disk was nearly full",
                                  done.output)
+            if done.limit:
+                raise BuildError(f"{step.label} was stopped: {LIMIT_HIT[done.limit]}",
+                                 done.output)
             if done.exit_code != 0:
                 raise BuildError(f"{step.label} failed with exit status {done.exit_code}",
                                  done.output)
 
+    @contextmanager
+    def _index(self, box: Box, index: bool) -> Iterator[Callable[[list[str]], list[str]]]:
+        """The package index for one step: a proxy of the worker's on a socket in the
+        box, and a relay in the box that its HTTPS_PROXY points at."""
+        if not index:
+            yield lambda cmd: cmd
+            return
+        # A short folder of its own: a socket's path has at most 107 bytes, and a run's
+        # folder may be deeper than that.
+        net = Path(tempfile.mkdtemp(prefix="ciq-index-"))
+        if self.rooms.user:
+            os.chown(net, *self.rooms.user)
+        sock = net / "index.sock"
+        allowed = allowed_hosts(os.environ, self.spec.index_hosts)
+        proxy_url = f"http://127.0.0.1:{INDEX_PORT}"
+        box.allow_write(net).allow_read(RELAY)
+        box.env.update(HTTPS_PROXY=proxy_url, HTTP_PROXY=proxy_url, https_proxy=proxy_url,
+                       http_proxy=proxy_url)
+        python = os.path.realpath(sys.executable)
+        try:
+            with IndexProxy(sock, allowed, upstream_proxy(os.environ)):
+                yield lambda cmd: [python, "-I", "-S", RELAY, str(sock),
+                                   str(INDEX_PORT), "--", *cmd]
+        finally:
+            remove_tree(net)
+
     def build(self, entry: Entry, recipe: Recipe) -> float:
         """Build a cache entry (held exclusively) and mark it ready; returns seconds."""
         started = time.monotonic()
-        if self.user:  # untrusted setup code runs as the tests' user...
-            entry.path.mkdir()
-            os.chown(entry.path, *self.user)
+        entry.path.mkdir(exist_ok=True)
+        if self.rooms.user:  # untrusted setup code runs as the tests' user...
+            os.chown(entry.path, *self.rooms.user)
         self.run(build_steps(recipe, entry.path, self.checkout, self.uv), entry.path)
         project = installed_from(entry.path, self.checkout)
         if project:
             self.run([Step("remove the project from the cached environment",
                            (self.uv, "pip", "uninstall", "--quiet", "--python",
-                            str(entry.path / "bin" / "python"), *project))], entry.path)
-        if self.user:  # ...and the result is root's, so that no test can change it
+                            str(entry.path / "bin" / "python"), *project))], entry.path,
+                     index=False)
+        if self.rooms.user:  # ...and the result is root's, so that no test can change it
             chown_tree(entry.path, (0, 0))
         seconds = round(time.monotonic() - started, 3)
         entry.mark_ready({"key": recipe.key, "python": recipe.python.version,
@@ -231,10 +289,11 @@ class Builder:
 
     def overlay(self, base: Path, installable: bool) -> Path:
         """The run's own environment on top of the cached one, with the project in it."""
-        overlay = self.run_dir / "out" / "venv"
+        overlay = self.rooms.out / "venv"
         make_overlay(base, overlay)
-        if self.user:
-            chown_tree(overlay, self.user)
+        if self.rooms.user:
+            chown_tree(overlay, self.rooms.user)
         if installable:
-            self.run([install_step(overlay, self.checkout, self.uv)], overlay)
+            self.run([install_step(overlay, self.checkout, self.uv)], overlay, index=False,
+                     read=(base,))
         return overlay

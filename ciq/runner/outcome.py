@@ -8,8 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import BuildError
+from ..junit import NO_JUNIT
 from ..report import Summary
 from .process import Completed
+
+#: What a box's limit that stopped a run says, by limit (:attr:`.process.Completed.limit`).
+LIMIT_HIT = {
+    "memory": "a process went over the box's memory limit and was killed "
+              "(CIQ_MEMORY_LIMIT_MB)",
+    "processes": "it reached the box's process limit (a fork bomb? CIQ_PROCESS_LIMIT)",
+}
 
 
 def default_tests(checkout: Path) -> list[str]:
@@ -38,6 +46,13 @@ def verdict(done: Completed, tests_found: bool, junit_error: str | None, summary
         return "error", ("the test run was stopped: the disk of its checkout was nearly full "
                          "(does a test fill the disk? see CIQ_MIN_FREE_MB)")
     code = done.exit_code
+    if done.limit == "processes" or (done.limit and code != 0):
+        return "error", f"the test run was stopped: {LIMIT_HIT[done.limit]}"
+    if code in (0, 1) and junit_error and (
+            pytest_codes or not junit_error.startswith(NO_JUNIT)):
+        # pytest writes it whenever it ran tests: without a readable one, `passed`
+        # would be a guess; junk from any command is never read as a pass.
+        return "error", f"the test results cannot be read: {junit_error}"
     if code == 0:
         return "passed", ""
     if code == 1 and (summary.failed or summary.errors):

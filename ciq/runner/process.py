@@ -1,13 +1,15 @@
 """Running a command of the code under test: the one place where ciq starts an untrusted
 process. Every such process (a setup step, an environment build, the tests, their
-collection) runs under the supervisor of :mod:`.sandbox`, in a session of its own, with
-a time limit, an output cap and a disk reserve; ciq reads its output through a pipe and
-keeps its head and tail only.
+collection, the probe of an interpreter a commit names) runs in a :class:`.box.Box`
+under the supervisor of :mod:`.sandbox`, with a time limit, an output cap, a disk
+reserve and the box's memory and process limits; ciq reads its output through a pipe
+and keeps its head and tail only.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from typing import cast
 
 from ..gitrepo import SAFE_GIT_ENV
 from . import sandbox
+from .box import SYSTEM_PATH, Box, run_env
 
 #: Seconds the sandbox gets to kill the test tree after a stop request.
 STOP_GRACE = 5.0
@@ -28,10 +31,6 @@ STOP_GRACE = 5.0
 DISK_POLL = 0.25
 #: Seconds to wait for the output pipe to close once the sandbox is gone.
 DRAIN_GRACE = 5.0
-#: Environment variables the code under test never sees (broker and backend credentials).
-HIDDEN_ENV_PREFIXES = ("CIQ_", "CELERY_")
-
-
 class OutputTail:
     """Keeps the first and last ``limit / 2`` bytes of a stream of any size."""
 
@@ -61,13 +60,11 @@ class OutputTail:
         return (bytes(self.head) + middle + tail).decode("utf-8", errors="replace")
 
 
-def run_environment(environ: dict[str, str]) -> dict[str, str]:
-    """The environment of the code under test: the worker's, less ciq's and Celery's."""
-    env = {k: v for k, v in environ.items() if not k.startswith(HIDDEN_ENV_PREFIXES)}
-    env.update(SAFE_GIT_ENV)  # git run by the tests in their checkout runs no hooks either
-    env["PYTHONUNBUFFERED"] = "1"
-    env["CI"] = "true"
-    return env
+def run_environment(environ: dict[str, str], home: Path) -> dict[str, str]:
+    """The environment every box starts from (:func:`.box.run_env`), with git told to run
+    no hooks in the checkout either. Built from an allow-list: nothing of the worker's
+    environment but its locale reaches the code under test."""
+    return {**run_env(environ, home), **SAFE_GIT_ENV}
 
 
 @dataclass
@@ -77,26 +74,37 @@ class Completed:
     output: str
     seconds: float
     disk_full: bool = False
+    #: The box's limit that stopped it: "memory", "processes"; None: none.
+    limit: str | None = None
 
 
-def run_sandboxed(
-    cmd: list[str], cwd: Path, env: dict[str, str], time_limit: float, output_limit: int,
-    pgid_file: Path, min_free_bytes: int = 0, user: tuple[int, int] | None = None,
-) -> Completed:
-    """Run ``cmd`` under the sandbox supervisor, killing its whole tree at the time limit
-    or when the free space of the disk under ``cwd`` falls below ``min_free_bytes``."""
+def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int,
+                  run_dir: Path, min_free_bytes: int = 0) -> Completed:
+    """Run ``cmd`` in ``box`` under the supervisor of :mod:`.sandbox`, killing the box at
+    the time limit or when the free space of the disk under the box's working directory
+    falls below ``min_free_bytes``. ``run_dir`` (the worker's, never the box's) holds
+    the supervisor's spec, the box's process group and its result."""
     started = time.monotonic()
+    spec_file, result_file = run_dir / "box.json", run_dir / "box-result.json"
+    result_file.unlink(missing_ok=True)
+    limits = box.limits
+    spec_file.write_text(json.dumps({
+        "argv": box.argv(cmd), "user": box.user, "memory": limits.memory_bytes,
+        "processes": limits.processes, "cgroup": f"ciq-{run_dir.name}",
+        "pgid_file": str(run_dir / "pgid"), "result_file": str(result_file),
+    }))  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-S", sandbox.__file__,
-         *(["--user", f"{user[0]}:{user[1]}"] if user else []), str(pgid_file), "--", *cmd],
-        cwd=cwd,
-        env=env,
+        [sys.executable, "-I", "-S", sandbox.__file__, str(spec_file)],
+        cwd=run_dir,
+        # The supervisor may be root: it gets a PATH and nothing else, so that no
+        # variable a repository sets (LD_PRELOAD=...) reaches it.
+        env={"PATH": SYSTEM_PATH},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         close_fds=True,
         # Its own session: a signal to the worker's process group (kill -9 of a whole
-        # worker, Ctrl-C) must leave the supervisor alive to kill the test tree.
+        # worker, Ctrl-C) must leave the supervisor alive to kill the box.
         start_new_session=True,
     )
     out = OutputTail(output_limit)
@@ -123,7 +131,7 @@ def run_sandboxed(
 
     def watch_disk() -> None:
         while not exited.wait(DISK_POLL):
-            st = os.statvfs(cwd)
+            st = os.statvfs(box.cwd)
             if st.f_bavail * st.f_frsize < min_free_bytes:
                 disk_full.set()
                 proc.send_signal(sandbox.STOP)
@@ -143,12 +151,38 @@ def run_sandboxed(
             proc.send_signal(sandbox.STOP)
             proc.wait()
     if proc.returncode == -signal.SIGKILL:
-        # The supervisor itself was killed (by the tests?): kill its group ourselves.
-        kill_recorded_group(pgid_file)
+        # The supervisor itself was killed: kill the box's group ourselves (bwrap's
+        # --die-with-parent ends the box too).
+        kill_recorded_group(run_dir / "pgid")
     reader.join(DRAIN_GRACE)
     stream.close()
     return Completed(proc.returncode, timed_out.is_set(), out.text(),
-                     time.monotonic() - started, disk_full.is_set())
+                     time.monotonic() - started, disk_full.is_set(), _limit_hit(result_file))
+
+
+def _limit_hit(result_file: Path) -> str | None:
+    try:
+        hit = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return next((name for name in ("processes", "memory") if hit.get(name)), None)
+
+
+def remove_box_cgroups(run_id: str) -> None:
+    """Remove the cgroups a killed supervisor left (empty once its box is gone); they are
+    made beside the worker's own (see :class:`.sandbox.Cgroups`)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        for ctl in controllers.split(",") if controllers else [""]:
+            folder = Path(sandbox.CGROUP_ROOT, ctl, path.lstrip("/"), f"ciq-{run_id}")
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def kill_recorded_group(pgid_file: Path) -> None:

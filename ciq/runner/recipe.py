@@ -15,9 +15,9 @@ import hashlib
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,37 +69,41 @@ class Python:
 
     @classmethod
     def own(cls) -> Python:
-        """The worker's interpreter (the default)."""
-        return cls(sys.executable, ".".join(map(str, sys.version_info[:3])),
+        """The worker's interpreter (the default), by its real path: the box has the
+        installation it belongs to, not the worker's virtual environment."""
+        return cls(os.path.realpath(sys.executable),
+                   ".".join(map(str, sys.version_info[:3])),
                    f"{sys.implementation.name} {sys.version} {os.path.realpath(sys.executable)}")
 
     @classmethod
-    def find(cls, request: str, uv: str, source: str) -> Python:
-        """The interpreter a repository asks for (`python = "3.12"`, "pypy3" or a path);
-        the error names the key and the file, since the fix is in them or on the host."""
+    def find(cls, request: str, uv: str, source: str, probe: Probe) -> Python:
+        """The interpreter a repository asks for (`python = "3.12"`, "pypy3" or a path).
+        Finding and asking it run in a box (``probe``): the commit names it, so it may
+        be anything. The error names the key and the file, since the fix is in them or
+        on the host."""
         path = request
         if "/" not in request:
-            found = subprocess.run(
-                [uv, "python", "find", request], capture_output=True, text=True,
-                env={**os.environ, "UV_PYTHON_DOWNLOADS": "never"},
-            )  # fmt: skip
-            if found.returncode != 0:
+            code, out = probe([uv, "python", "find", request], None)
+            found = [line for line in out.splitlines() if line.startswith("/")]
+            if code != 0 or not found:
                 raise ConfigError(f"{source}: 'python' = {request!r}: no such Python on "
                                   f"worker host {os.uname().nodename}")
-            path = found.stdout.strip()
-        try:
-            probe = subprocess.run(
-                [path, "-I", "-c", "import os, sys; print('.'.join(map(str, "
-                 "sys.version_info[:3]))); print(sys.implementation.name, sys.version, "
-                 "os.path.realpath(sys.executable))"],
-                capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired):
-            probe = None
-        if probe is None or probe.returncode != 0:
+            path = found[-1].strip()
+        code, out = probe([path, "-I", "-c", _ASK], Path(path))
+        answer = [line[len(_MARK):] for line in out.splitlines() if line.startswith(_MARK)]
+        if code != 0 or len(answer) != 2:
             raise ConfigError(f"{source}: 'python' = {request!r}: {path} does not run")
-        version, identity = probe.stdout.splitlines()[:2]
+        version, identity = answer
         return cls(path, version, identity)
+
+
+#: Runs a command in a box with one more installation in it (an interpreter's path);
+#: returns its exit status and output.
+Probe = Callable[[list[str], "Path | None"], tuple[int, str]]
+_MARK = "ciq-python: "
+_ASK = (f"import os, sys; print({_MARK!r} + '.'.join(map(str, sys.version_info[:3]))); "
+        f"print({_MARK!r} + sys.implementation.name, sys.version.replace(chr(10), ' '), "
+        "os.path.realpath(sys.executable))")
 
 
 def _pyproject_digest(data: bytes) -> bytes:

@@ -20,7 +20,8 @@ from ..errors import CiqError
 from ..gitrepo import Mirror
 from ..repoconfig import RepoConfig
 from ..store.keys import repo_id
-from .process import kill_recorded_group, proc_start
+from .box import Limits
+from .process import kill_recorded_group, proc_start, remove_box_cgroups
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,12 @@ class RunSpec:
     #: Cache of run environments on this host (see .environments); None: DATA/envs.
     env_root: Path | None = None
     env_cache_size: int = 10
+    #: What each of the run's boxes may use.
+    limits: Limits = Limits()
+    #: Package index hosts (``host[:port]``) build steps may reach besides the default.
+    index_hosts: tuple[str, ...] = ()
+    #: A host folder every box may write (CIQ_BOX_SHARED); None: none.
+    shared: Path | None = None
 
 
 def runs_dir(data_dir: Path) -> Path:
@@ -115,6 +122,7 @@ def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
         if proc_start(record["pid"]) == record.get("pid_start"):
             continue  # its worker process is alive
         kill_recorded_group(record_path.parent / "pgid")
+        remove_box_cgroups(record["run_id"])
         remove_tree(record_path.parent)
         try:
             mirror_for(data_dir, record["repo"]).prune_worktrees()

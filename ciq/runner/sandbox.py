@@ -1,41 +1,47 @@
-"""Supervisor of one test command:
-``python -I -S sandbox.py [--user UID:GID] PGID_FILE -- CMD...``.
+"""Supervisor of one boxed command: ``python -I -S sandbox.py SPEC_FILE``.
 
-It stands between a worker and the code under test, and it is what makes "a killed
-worker leaves no test suite running" true:
+It stands between a worker and the code under test and is what makes "a run's
+processes end with the run" true. SPEC_FILE (JSON, written by :mod:`.process`, the
+worker's own) says: ``argv``, the bwrap command line of the box (:mod:`.box`);
+``user``, the (uid, gid) to become before it; ``memory`` and ``processes``, the box's
+limits; ``cgroup``, the name of its cgroups; ``pgid_file`` and ``result_file``.
 
-* it asks the kernel for SIGUSR1 when its parent (the worker's pool process) dies
-  (``PR_SET_PDEATHSIG``; the signal is tied to the parent *thread*, which is the
-  task's thread in a prefork pool child);
-* it makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so that processes
-  the tests leave behind — even ones that ``setsid()`` out of the process group — are
-  re-parented to it and not to init;
-* it starts the command in a new session, records its process group in PGID_FILE (for
-  the worker's sweeper if the supervisor itself is killed), waits for it, and then kills
-  every descendant still alive.
+* it watches its parent (the worker's pool process) through a pidfd and kills the box
+  the moment the parent dies (no ctypes for ``PR_SET_PDEATHSIG``: importing it would
+  cost every run milliseconds; the box's processes cannot leave its PID namespace, so
+  no subreaper is needed either);
+* it puts the box in a memory and a pids cgroup of its own (cgroup v1 or v2, where the
+  host lets it; rlimits otherwise), becomes ``user``, and starts bwrap in a new session,
+  recording its process group in ``pgid_file`` (for the worker's sweeper, should the
+  supervisor itself be killed: bwrap's ``--die-with-parent`` then ends the box anyway);
+* a box that reaches its process limit is killed at once (a fork bomb would otherwise
+  spin until the time limit); a memory hog meets the cgroup's OOM killer;
+* when bwrap ends, it kills what is left (the cgroup's processes, any descendant) and
+  writes ``result_file``: which limit the box hit.
 
-With ``--user`` (a worker running as root with ``CIQ_RUN_AS``) the command runs as that
-user, so it can neither touch the worker's files nor signal the supervisor.
+SIGUSR1 from the worker (time limit) or the kernel (worker died) kills the box at once.
+SIGINT/SIGTERM/SIGQUIT/SIGHUP are ignored: the worker decides, through SIGUSR1.
 
-SIGUSR1 from the worker (time limit) or from the kernel (worker died) kills the whole
-tree at once. SIGINT/SIGTERM/SIGQUIT sent to the worker's process group are ignored:
-the worker decides, through SIGUSR1, when a run stops.
-
-Standard library only, run with ``-I -S`` so that it starts in a few milliseconds.
+Standard library only, run with ``-I -S`` so that it starts in a few milliseconds, and
+with an environment of its own (a PATH): a repository's ``env`` applies inside the box
+only, never to this process, which may be root.
 """
 
-import ctypes
+import json
 import os
+import resource
+import select
 import signal
 import sys
 import time
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 STOP = signal.SIGUSR1
+CGROUP_ROOT = "/sys/fs/cgroup"
+#: Seconds between two looks at the box's cgroups while it runs.
+WATCH = 0.1
 
 
-def _children(me: int) -> list[int]:
+def _children(me):
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -45,36 +51,119 @@ def _children(me: int) -> list[int]:
                 stat = fh.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if int(fields[1]) == me:
+        if int(stat[stat.rfind(b")") + 2 :].split()[1]) == me:
             found.append(int(name))
     return found
 
 
-def _reap() -> None:
-    while True:
+def _read(path):
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError:
+        return ""
+
+
+def _write(path, value):
+    with open(path, "w") as fh:
+        fh.write(str(value))
+
+
+class Cgroups:
+    """The box's memory and pids cgroups (one cgroup under v2), made under the
+    supervisor's own; empty when the host does not let us make them."""
+
+    def __init__(self, name, memory, processes):
+        self.dirs = {}
+        self.v2 = False
+        if not (memory or processes):
+            return
+        mine = {}
+        for line in _read("/proc/self/cgroup").splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(","):
+                mine[c] = path
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+            if "memory" in mine or "pids" in mine:  # v1: one hierarchy per controller
+                for ctl, limit, file in (("memory", memory, "memory.limit_in_bytes"),
+                                         ("pids", processes, "pids.max")):
+                    if limit and ctl in mine:
+                        d = f"{CGROUP_ROOT}/{ctl}{mine[ctl].rstrip('/')}/{name}"
+                        os.makedirs(d, exist_ok=True)
+                        self.dirs[ctl] = d
+                        _write(f"{d}/{file}", limit)
+            elif "" in mine and os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers"):
+                d = f"{CGROUP_ROOT}{mine[''].rstrip('/')}/{name}"
+                os.makedirs(d, exist_ok=True)
+                self.v2 = True
+                self.dirs = {"memory": d, "pids": d}
+                if memory:
+                    _write(f"{d}/memory.max", memory)
+                    _write(f"{d}/memory.swap.max", 0)
+                if processes:
+                    _write(f"{d}/pids.max", processes)
+        except OSError:
+            self.remove()
+            self.dirs = {}
+
+    def join(self, pid):
+        for d in set(self.dirs.values()):
+            _write(f"{d}/cgroup.procs", pid)
+
+    def processes_hit(self):
+        d = self.dirs.get("pids")
+        events = _read(f"{d}/pids.events") if d else ""
+        return any(line.split()[-1] != "0" for line in events.splitlines()
+                   if line.startswith("max"))
+
+    def memory_hit(self):
+        d = self.dirs.get("memory")
+        if not d:
+            return False
+        text = _read(f"{d}/memory.events" if self.v2 else f"{d}/memory.oom_control")
+        return any(line.split()[-1] != "0" for line in text.splitlines()
+                   if line.startswith("oom_kill"))
+
+    def kill_all(self):
+        for _ in range(100):
+            pids = set()
+            for d in set(self.dirs.values()):
+                pids |= {int(p) for p in _read(f"{d}/cgroup.procs").split()}
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+
+    def remove(self):
+        for d in set(self.dirs.values()):
+            for _ in range(50):
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # the killed processes are not gone from it yet
+                    time.sleep(0.01)
 
 
-def kill_tree(pgid: int) -> None:
-    """Kill the command's process group, then every descendant that escaped it."""
+def kill_tree(pgid, cgroups):
+    """Kill the box's process group, its cgroups and every descendant left."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except OSError:
         pass
+    cgroups.kill_all()
     me = os.getpid()
     for _ in range(200):
-        try:  # a subreaper with no children has no descendants left: the common case
-            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
         except ChildProcessError:
             return
-        _reap()
         kids = _children(me)
         if not kids:
             return
@@ -86,60 +175,87 @@ def kill_tree(pgid: int) -> None:
         time.sleep(0.01)
 
 
-def main(argv: list[str]) -> int:
-    user: tuple[int, int] | None = None
-    if len(argv) > 2 and argv[1] == "--user":  # UID:GID the command runs as
-        uid, gid = argv[2].split(":")
-        user = (int(uid), int(gid))
-        argv = [argv[0], *argv[3:]]
-    if len(argv) < 4 or argv[2] != "--":
-        sys.stderr.write("usage: sandbox.py [--user UID:GID] PGID_FILE -- COMMAND...\n")
+def _child(spec, cgroups):
+    """In the forked child: the box's session, cgroups or rlimits, user; then bwrap."""
+    try:
+        os.setsid()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, STOP):
+            signal.signal(sig, signal.SIG_DFL)
+        if cgroups.dirs:
+            cgroups.join(os.getpid())
+        else:  # no cgroup to make: limits per process (and per user for processes)
+            if spec["memory"]:
+                resource.setrlimit(resource.RLIMIT_AS, (spec["memory"], spec["memory"]))
+            if spec["processes"]:
+                resource.setrlimit(resource.RLIMIT_NPROC,
+                                   (spec["processes"], spec["processes"]))
+        user = spec.get("user")
+        if user:  # the supervisor stays root: it can always kill the box
+            os.setgroups([])
+            os.setgid(user[1])
+            os.setuid(user[0])
+        os.execv(spec["argv"][0], spec["argv"])
+    except OSError as exc:
+        sys.stderr.write(f"ciq: cannot start the box ({spec['argv'][0]}): {exc.strerror}\n")
+    os._exit(127)
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.stderr.write("usage: sandbox.py SPEC_FILE\n")
         return 2
-    pgid_file, cmd = argv[1], argv[3:]
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, int(STOP), 0, 0, 0)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    if os.getppid() != parent:  # the worker died before the death signal was armed
+    with open(argv[1]) as fh:
+        spec = json.load(fh)
+    try:
+        parent = os.pidfd_open(os.getppid())
+    except OSError:  # the worker is gone already
+        return 137
+    if os.getppid() == 1:
         return 137
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    child: list[int] = []
+    cgroups = Cgroups(spec["cgroup"], spec["memory"], spec["processes"])
+    child = []
+    hit = {"memory": False, "processes": False}
 
-    def stop(_signum: int, _frame: object) -> None:
+    def finish():
+        hit["memory"] = hit["memory"] or cgroups.memory_hit()
         if child:
-            kill_tree(child[0])
+            kill_tree(child[0], cgroups)
+        cgroups.remove()
+        with open(spec["result_file"], "w") as fh:
+            json.dump(hit, fh)
+
+    def stop(_signum, _frame):
+        finish()
         os._exit(128 + int(STOP))
 
     signal.signal(STOP, stop)  # armed before the fork, so no stop request is missed
     pid = os.fork()
     if pid == 0:
-        try:
-            os.setsid()
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, STOP):
-                signal.signal(sig, signal.SIG_DFL)
-            if user is not None:  # the supervisor stays root: it can always kill the tree
-                os.setgroups([])
-                os.setgid(user[1])
-                os.setuid(user[0])
-            os.execvp(cmd[0], cmd)
-        except OSError as exc:
-            sys.stderr.write(f"ciq: cannot run {cmd[0]}: {exc.strerror}\n")
-        os._exit(127)
-
+        _child(spec, cgroups)
     child.append(pid)
-    with open(pgid_file, "w") as fh:
+    with open(spec["pgid_file"], "w") as fh:
         fh.write(str(pid))
-
-    while True:
+    pidfd = os.pidfd_open(pid)
+    status = None
+    while status is None:
         try:
-            done, status = os.waitpid(pid, 0)
+            ready, _, _ = select.select([pidfd, parent], [], [], WATCH)
         except InterruptedError:
             continue
-        if done == pid:
-            break
-    kill_tree(pid)
-    return os.waitstatus_to_exitcode(status) if status >= 0 else 1
+        if parent in ready:  # the worker's process died: the run ends with it
+            stop(None, None)
+        if ready:
+            try:
+                status = os.waitpid(pid, 0)[1]
+            except ChildProcessError:  # reaped by kill_tree below on an earlier turn
+                status = signal.SIGKILL  # the wait status of a process killed by it
+        elif cgroups.processes_hit():  # a fork bomb: stop it now, not at the time limit
+            hit["processes"] = True
+            kill_tree(pid, cgroups)
+    finish()
+    return os.waitstatus_to_exitcode(status)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import redis
 from ..dispatch import Message, Sender
 from ..repoconfig import RepoConfig
 from ..report import Report, utcnow
+from ..runner.box import Limits
 from ..runner.commit import Checkout, collect, prepare, run_tests
 from ..runner.runs import RunSpec, clean_up
 from ..settings import Settings
@@ -129,6 +130,9 @@ class _Attempt:
             time_limit=s.time_limit, output_limit=s.output_limit,
             min_free_bytes=s.min_free_mb << 20, run_as=s.run_as, operator=operator,
             env_root=s.env_root, env_cache_size=s.env_cache_size,
+            limits=Limits(s.memory_limit_mb << 20, s.process_limit, s.tmp_mb << 20),
+            index_hosts=tuple(h.strip() for h in s.index_hosts.split(",") if h.strip()),
+            shared=s.box_shared,
         )  # fmt: skip
 
     def _guarded(self, spec: RunSpec) -> Report:
