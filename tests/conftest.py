@@ -92,10 +92,13 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerP
               python: str = sys.executable, queues: str | None = None,
               **env: str) -> WorkerProcess:
         log = tmp_path / f"worker-{name}-{len(started)}.log"
-        # The folder the tests of a commit may write and this test read (their markers).
+        # The folder the tests of a commit may write and this test read (their markers);
+        # not for tests run as another user, who could not reach it under tmp_path.
         shared = tmp_path / "shared"
         shared.mkdir(exist_ok=True)
-        environ = ciq_env(settings, **{"CIQ_BOX_SHARED": str(shared), **env})
+        if "CIQ_RUN_AS" not in env:
+            env = {"CIQ_BOX_SHARED": str(shared), **env}
+        environ = ciq_env(settings, **env)
         if data_dir is not None:
             environ["CIQ_DATA_DIR"] = str(data_dir)
         cmd = [python, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",

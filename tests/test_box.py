@@ -239,3 +239,36 @@ def test_a_commit_cannot_run_code_outside_its_box(
     # And the commit's LD_PRELOAD reaches its tests only: the run goes on as usual
     r = wait_report(store, str(repo.path), preload, timeout=120)
     assert r.status == "passed", (r.message, r.output[-1500:])
+
+
+SETUP_PROBE = '''\
+import os, socket, sys, urllib.request
+port = int(sys.argv[1])
+for host in ("127.0.0.1", "localhost"):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        sys.exit(f"reached the broker at {host}:{port}")
+    except OSError:
+        pass
+proxy = os.environ["HTTPS_PROXY"]
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy}))
+try:
+    opener.open(f"http://127.0.0.1:{port}/", timeout=5)
+    sys.exit("the build proxy let a setup step reach the broker")
+except urllib.error.HTTPError as exc:
+    assert exc.code == 403, exc.code
+print("setup probe: the broker is out of reach")
+'''
+
+
+def test_a_setup_step_gets_the_package_index_and_not_the_broker(
+    make_repo, worker, store: Store, settings: Settings, redis_server
+):
+    repo = make_repo({**PASSING, "probe_setup.py": SETUP_PROBE, "ciq.toml": (
+        f'setup = ["python probe_setup.py {redis_server.port}", "pip --version"]\n')})
+    worker()
+    from ciq.dispatch import Sender
+
+    Sender.for_store(settings, store).submit(str(repo.path), repo.head(), "main")
+    r = wait_report(store, str(repo.path), repo.head(), timeout=180)
+    assert r.status == "passed", (r.message, r.output[-2000:])

@@ -355,7 +355,7 @@ def test_tests_run_as_another_user_cannot_reach_the_workers_files(
     try:
         repo = make_repo({"tests/test_hostile.py": HOSTILE})
         worker(python=str(system_venv / "bin" / "python"), data_dir=data,
-               CIQ_RUN_AS="nobody", CIQ_ENV_DIR=str(data / "envs"), CIQ_BOX_SHARED="")
+               CIQ_RUN_AS="nobody", CIQ_ENV_DIR=str(data / "envs"))
         # When a commit whose tests try to delete what they can reach is run
         assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
         report = wait_report(store, str(repo.path), repo.head(), timeout=60)

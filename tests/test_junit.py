@@ -86,3 +86,27 @@ def test_report_as_junit_reads_back_with_control_characters(tmp_path: Path) -> N
     assert back["tests/test_a.py::test_bad"].outcome == "failed"
     assert "red" in back["tests/test_a.py::test_bad"].message
     assert back["tests/test_a.py::test_ok"].outcome == "passed"
+
+
+def test_junk_junit_is_capped_and_never_read_as_a_pass(tmp_path) -> None:
+    from ciq.errors import JUnitError
+    from ciq.junit import MAX_ID_CHARS, MAX_TESTS, parse_junit
+    from ciq.report import Summary
+    from ciq.runner.outcome import verdict
+    from ciq.runner.process import Completed
+
+    many = tmp_path / "many.xml"
+    many.write_text("<testsuite>" + '<testcase classname="t" name="x"/>' * (MAX_TESTS + 1)
+                    + "</testsuite>")
+    with pytest.raises(JUnitError, match=f"more than {MAX_TESTS} test cases"):
+        parse_junit(many)
+    long = tmp_path / "long.xml"
+    long.write_text(f'<testsuite><testcase classname="t" name="{"y" * 50_000}"/>'
+                    f'<testcase classname="t" name="{"y" * 49_999}z"/></testsuite>')
+    ids = [t.id for t in parse_junit(long)]
+    assert all(len(i) <= MAX_ID_CHARS for i in ids) and len(set(ids)) == 2
+    # exit 0 with unreadable results: an error, not a pass (pytest always writes them)
+    done = Completed(0, False, "", 1.0)
+    assert verdict(done, False, "JUnit XML is not readable: x", Summary.of([]))[0] == "error"
+    assert verdict(done, False, "no JUnit XML was written (x)", Summary.of([]),
+                   pytest_codes=False)[0] == "passed"  # another tool may write none

@@ -176,3 +176,16 @@ def test_a_queue_must_be_a_plain_name(tmp_path: Path):
     assert RepoConfig.parse({"queue": "gpu-2"}, "ops.toml").queue == "gpu-2"
     with pytest.raises(ConfigError, match="'queue' must be a plain name"):
         RepoConfig.parse({"queue": "a b"}, "ops.toml")
+
+
+def test_only_the_operator_may_give_a_repository_the_network() -> None:
+    from ciq.errors import ConfigError
+    from ciq.repoconfig import RepoConfig
+
+    operator = RepoConfig.parse({"network": True}, "ops.toml")
+    assert operator.network is True and operator.to_dict() == {"network": True}
+    with pytest.raises(ConfigError, match="'network' may be set only in the operator's"):
+        RepoConfig.parse({"network": True}, "ciq.toml", from_commit=True)
+    # the commit's other settings win key by key; the network is the operator's alone
+    own = RepoConfig.parse({"test": "pytest -x"}, "ciq.toml", from_commit=True)
+    assert own.over(operator).network is True and own.over(None).network is None

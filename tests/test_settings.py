@@ -52,3 +52,19 @@ def test_celery_configuration_keeps_its_promises() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.worker_hijack_root_logger is False
     assert conf.result_expires is None
+
+
+def test_box_settings_are_checked(tmp_path: Path) -> None:
+    s = Settings.from_env({"CIQ_MEMORY_LIMIT_MB": "256", "CIQ_PROCESS_LIMIT": "64",
+                           "CIQ_TMP_MB": "8", "CIQ_BOX_SHARED": str(tmp_path / "shared"),
+                           "CIQ_DATA_DIR": str(tmp_path / "data")})
+    assert (s.memory_limit_mb, s.process_limit, s.tmp_mb) == (256, 64, 8)
+    for env, named in (({"CIQ_PROCESS_LIMIT": "3"}, "CIQ_PROCESS_LIMIT"),
+                       ({"CIQ_MEMORY_LIMIT_MB": "-1"}, "CIQ_MEMORY_LIMIT_MB"),
+                       ({"CIQ_TMP_MB": "0"}, "CIQ_TMP_MB"),
+                       ({"CIQ_BOX_SHARED": str(tmp_path / "data" / "x"),
+                         "CIQ_DATA_DIR": str(tmp_path / "data")}, "CIQ_BOX_SHARED"),
+                       ({"CIQ_BOX_SHARED": str(tmp_path),
+                         "CIQ_DATA_DIR": str(tmp_path / "data")}, "CIQ_BOX_SHARED")):
+        with pytest.raises(ConfigError, match=named):
+            Settings.from_env(env)

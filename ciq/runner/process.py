@@ -9,7 +9,6 @@ and keeps its head and tail only.
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
@@ -88,11 +87,13 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
     spec_file, result_file = run_dir / "box.json", run_dir / "box-result.json"
     result_file.unlink(missing_ok=True)
     limits = box.limits
-    spec_file.write_text(json.dumps({
-        "argv": box.argv(cmd), "user": box.user, "memory": limits.memory_bytes,
-        "processes": limits.processes, "cgroup": f"ciq-{run_dir.name}",
-        "pgid_file": str(run_dir / "pgid"), "result_file": str(result_file),
-    }))  # fmt: skip
+    fields = {
+        "cgroup": f"ciq-{run_dir.name}", "memory": limits.memory_bytes,
+        "processes": limits.processes, "user": ":".join(map(str, box.user or ())),
+        "pgid_file": run_dir / "pgid", "result_file": result_file,
+    }  # fmt: skip
+    spec_file.write_text("\0".join([*(str(fields[k]) for k in sandbox.FIELDS),
+                                     *box.argv(cmd)]))
     proc = subprocess.Popen(
         [sys.executable, "-I", "-S", sandbox.__file__, str(spec_file)],
         cwd=run_dir,
@@ -162,10 +163,10 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
 
 def _limit_hit(result_file: Path) -> str | None:
     try:
-        hit = json.loads(result_file.read_text())
+        hit = dict(part.split("=", 1) for part in result_file.read_text().split())
     except (OSError, ValueError):
         return None
-    return next((name for name in ("processes", "memory") if hit.get(name)), None)
+    return next((name for name in ("processes", "memory") if hit.get(name) == "1"), None)
 
 
 def remove_box_cgroups(run_id: str) -> None:
