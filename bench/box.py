@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ciq.runner.box import Box, Limits, own_interpreter, run_env
+from ciq.runner.box import Box, Limits, etc_copy, own_interpreter, run_env
 from ciq.runner.process import run_sandboxed
 
 
@@ -41,7 +41,9 @@ def main() -> int:
         inside, run_dir = Path(top, "box"), Path(top, "run")
         inside.mkdir()
         run_dir.mkdir()
-        box = Box(inside, run_env({}, inside), Limits(1 << 30, 512, 64 << 20))
+        # As a run's box: the default limits' cgroups, the copy of /etc a worker makes.
+        box = Box(inside, run_env({}, inside), Limits(4096 << 20, 512, 512 << 20),
+                  etc=etc_copy(Path(top, "box")))
         box.allow_read(own_interpreter()).allow_write(inside)
         print(f"box start and tear-down, {args.repeat} runs each (ms)")
         print(f"{'command':<18} {'bare median':>12} {'box median':>11} {'box max':>8} "

@@ -185,7 +185,7 @@ def _supervisor_of(run_dir: Path) -> int:
     for name in os.listdir("/proc"):
         try:
             with open(f"/proc/{name}/cmdline", "rb") as fh:
-                if str(run_dir / "box.json").encode() in fh.read():
+                if str(run_dir / "box.spec").encode() in fh.read():
                     return int(name)
         except (OSError, ValueError):
             continue

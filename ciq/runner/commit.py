@@ -31,6 +31,7 @@ from .box import (
     Box,
     Rooms,
     bwrap,
+    etc_copy,
     git_admin_of,
     interpreter_home,
     own_interpreter,
@@ -164,7 +165,7 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
     git = git_admin_of(worktree, spec.data_dir / "mirrors")
     rooms = Rooms(worktree, out, git[0] if git else None, git[1] if git else None,
                   (own_interpreter(),), spec.limits, bool(config and config.network), user,
-                  spec.shared)
+                  spec.shared, etc_copy(spec.data_dir / "box"))
     setup0 = time.monotonic()
     try:
         python = Python.own()

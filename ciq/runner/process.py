@@ -23,11 +23,13 @@ from typing import cast
 from ..gitrepo import SAFE_GIT_ENV
 from . import sandbox
 from .box import SYSTEM_PATH, Box, run_env
+from .cgroups import Cgroups, remove_left
 
 #: Seconds the sandbox gets to kill the test tree after a stop request.
 STOP_GRACE = 5.0
-#: Seconds between two looks at the free space of the worktree's disk.
-DISK_POLL = 0.25
+#: Seconds between two looks at the free space of the worktree's disk and at the box's
+#: process count.
+WATCH = 0.1
 #: Seconds to wait for the output pipe to close once the sandbox is gone.
 DRAIN_GRACE = 5.0
 class OutputTail:
@@ -80,17 +82,35 @@ class Completed:
 def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int,
                   run_dir: Path, min_free_bytes: int = 0) -> Completed:
     """Run ``cmd`` in ``box`` under the supervisor of :mod:`.sandbox`, killing the box at
-    the time limit or when the free space of the disk under the box's working directory
-    falls below ``min_free_bytes``. ``run_dir`` (the worker's, never the box's) holds
-    the supervisor's spec, the box's process group and its result."""
+    the time limit, at its process limit, or when the free space of the disk under the
+    box's working directory falls below ``min_free_bytes``. ``run_dir`` (the worker's,
+    never the box's) holds the supervisor's spec and the box's process group."""
     started = time.monotonic()
-    spec_file, result_file = run_dir / "box.json", run_dir / "box-result.json"
-    result_file.unlink(missing_ok=True)
-    limits = box.limits
-    fields = {
-        "cgroup": f"ciq-{run_dir.name}", "memory": limits.memory_bytes,
-        "processes": limits.processes, "user": ":".join(map(str, box.user or ())),
-        "pgid_file": run_dir / "pgid", "result_file": result_file,
+    cgroups = Cgroups(f"ciq-{run_dir.name}", box.limits.memory_bytes, box.limits.processes)
+    try:
+        proc = _start(cmd, box, run_dir, cgroups)
+        if proc is None:  # the supervisor could not be put in the cgroups: rlimits
+            cgroups.remove()
+            cgroups = Cgroups("", 0, 0)
+            proc = cast(subprocess.Popen, _start(cmd, box, run_dir, cgroups))
+        done = _supervise(proc, box, time_limit, output_limit, run_dir, min_free_bytes,
+                          cgroups)
+    finally:
+        cgroups.kill_all()
+        cgroups.remove()
+    done.seconds = time.monotonic() - started
+    return done
+
+
+def _start(cmd: list[str], box: Box, run_dir: Path,
+           cgroups: Cgroups) -> subprocess.Popen | None:
+    """Start the supervisor, put it in ``cgroups`` while its interpreter starts, and let
+    it go on; None (the supervisor gone) when it cannot be put there."""
+    limits, spec_file = box.limits, run_dir / "box.spec"
+    fields = {  # rlimits for what no cgroup holds
+        "memory": 0 if "memory" in cgroups.dirs else limits.memory_bytes,
+        "processes": 0 if "pids" in cgroups.dirs else limits.processes,
+        "user": ":".join(map(str, box.user or ())), "pgid_file": run_dir / "pgid",
     }  # fmt: skip
     spec_file.write_text("\0".join([*(str(fields[k]) for k in sandbox.FIELDS),
                                      *box.argv(cmd)]))
@@ -100,7 +120,7 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
         # The supervisor may be root: it gets a PATH and nothing else, so that no
         # variable a repository sets (LD_PRELOAD=...) reaches it.
         env={"PATH": SYSTEM_PATH},
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         close_fds=True,
@@ -108,6 +128,21 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
         # worker, Ctrl-C) must leave the supervisor alive to kill the box.
         start_new_session=True,
     )
+    go = cgroups.join(proc.pid) if cgroups.dirs else True
+    stdin = cast(io.BufferedWriter, proc.stdin)
+    try:
+        stdin.write(b"1" if go else b"0")
+        stdin.close()
+    except BrokenPipeError:
+        pass
+    if not go:
+        proc.wait()
+        return None
+    return proc
+
+
+def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit: int,
+               run_dir: Path, min_free_bytes: int, cgroups: Cgroups) -> Completed:
     out = OutputTail(output_limit)
     stream = cast(io.BufferedReader, proc.stdout)
 
@@ -117,8 +152,8 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
 
     reader = threading.Thread(target=drain, name="ciq-output", daemon=True)
     reader.start()
-    timed_out = threading.Event()
-    exited = threading.Event()
+    timed_out, exited = threading.Event(), threading.Event()
+    disk_full, processes_hit = threading.Event(), threading.Event()
 
     def time_is_up() -> None:
         # A timer rather than Popen.wait(timeout): that one polls with sleeps of up to
@@ -128,21 +163,24 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
         if not exited.wait(STOP_GRACE):
             proc.kill()
 
-    disk_full = threading.Event()
-
-    def watch_disk() -> None:
-        while not exited.wait(DISK_POLL):
-            st = os.statvfs(box.cwd)
-            if st.f_bavail * st.f_frsize < min_free_bytes:
-                disk_full.set()
+    def watch() -> None:
+        while not exited.wait(WATCH):
+            if min_free_bytes:
+                st = os.statvfs(box.cwd)
+                if st.f_bavail * st.f_frsize < min_free_bytes:
+                    disk_full.set()
+                    proc.send_signal(sandbox.STOP)
+                    return
+            if cgroups.processes_hit():  # a fork bomb: stop it now, not at the time limit
+                processes_hit.set()
                 proc.send_signal(sandbox.STOP)
                 return
 
     timer = threading.Timer(time_limit, time_is_up)
     timer.daemon = True
     timer.start()
-    if min_free_bytes:
-        threading.Thread(target=watch_disk, name="ciq-disk", daemon=True).start()
+    if min_free_bytes or "pids" in cgroups.dirs:
+        threading.Thread(target=watch, name="ciq-watch", daemon=True).start()
     try:
         proc.wait()
     finally:
@@ -157,33 +195,15 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
         kill_recorded_group(run_dir / "pgid")
     reader.join(DRAIN_GRACE)
     stream.close()
-    return Completed(proc.returncode, timed_out.is_set(), out.text(),
-                     time.monotonic() - started, disk_full.is_set(), _limit_hit(result_file))
-
-
-def _limit_hit(result_file: Path) -> str | None:
-    try:
-        hit = dict(part.split("=", 1) for part in result_file.read_text().split())
-    except (OSError, ValueError):
-        return None
-    return next((name for name in ("processes", "memory") if hit.get(name) == "1"), None)
+    limit = "processes" if processes_hit.is_set() else (
+        "memory" if cgroups.memory_hit() else None)
+    return Completed(proc.returncode, timed_out.is_set(), out.text(), 0.0,
+                     disk_full.is_set(), limit)
 
 
 def remove_box_cgroups(run_id: str) -> None:
-    """Remove the cgroups a killed supervisor left (empty once its box is gone); they are
-    made beside the worker's own (see :class:`.sandbox.Cgroups`)."""
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        for ctl in controllers.split(",") if controllers else [""]:
-            folder = Path(sandbox.CGROUP_ROOT, ctl, path.lstrip("/"), f"ciq-{run_id}")
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+    """Remove the cgroups of a run whose worker died (empty once its box is gone)."""
+    remove_left(f"ciq-{run_id}")
 
 
 def kill_recorded_group(pgid_file: Path) -> None:

@@ -167,8 +167,8 @@ class _Attempt:
         mode = (config.shard if config and config.shard else None) or a.settings.shard
         if mode == "never":
             return None
-        queue = a.sender.queue_for(self.repo)
         try:
+            queue = a.sender.queue_for(self.repo)
             processes = a.shards.processes(queue)
             if mode == "auto" and processes < 2:
                 return None  # the usual case on one worker: no need for the durations
