@@ -167,3 +167,23 @@ def test_auto_does_not_shard_a_short_suite_or_for_a_single_worker_process(
     w1.proc.terminate()
     assert w1.proc.wait(timeout=30) is not None
     assert shards.processes("ciq") == 0
+
+
+def test_a_large_suite_is_sharded_whole_and_its_durations_kept(
+    make_repo, worker, store: Store, settings: Settings
+):
+    # Given 3,000 trivial tests in 30 files, always sharded, on one worker of two
+    # processes whose output limit is far below the collection's list of ids
+    body = "".join(f"def test_{i}():\n    pass\n\n" for i in range(100))
+    repo = make_repo({**{f"tests/test_m{f}.py": body for f in range(30)},
+                      "ciq.toml": 'shard = "always"\n'})
+    worker("w1", concurrency=2, CIQ_OUTPUT_LIMIT="4096")
+    wait_for(lambda: Shards(store, 2, 60, 1000).processes("ciq") >= 2, 10, "two processes")
+    report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)),
+                         timeout=120)
+    # Then every collected test ran, once, and the report says so
+    assert report.status == "passed", report.message
+    assert report.summary.passed == 3000 and len({t.id for t in report.tests}) == 3000
+    assert report.shards["count"] >= 2
+    # And all their durations are kept for the next plan
+    assert store.client.hlen(keys.durations(repo_id(str(repo.path)))) == 3000

@@ -133,3 +133,13 @@ def test_workers_are_counted_by_queue_while_they_announce_themselves(store: Stor
     shards.announce("b@h", ["ciq", "heavy"], 2)
     assert shards.processes("ciq") == 6 and shards.processes("heavy") == 2
     assert shards.processes("ciq", now=time.time() + 60) == 0  # gone quiet: not counted
+
+
+def test_the_durations_of_a_suite_of_twenty_thousand_tests_are_kept(store: Store):
+    shards = Shards(store, 5.0, 60.0, 4096)
+    ids = [f"tests/test_{i // 100}.py::test_{i}" for i in range(20_000)]
+    report = Report(repo=REPO, commit="d" * 40, status="passed",
+                    tests=tuple(TestResult(i, "passed", 0.25) for i in ids))
+    shards.record_durations(report)
+    kept = shards.durations(REPO)
+    assert len(kept) == 20_000 and set(kept.values()) == {0.25}
