@@ -32,18 +32,20 @@ pytestmark = pytest.mark.slow
 
 
 def timed_test(log: Path, seconds: float) -> str:
-    """A test that logs "start <sha> <pid> <t>" and "end ..." around a sleep."""
+    """A test that logs "start <sha> <run> <t>" and "end ..." around a sleep; <run> is
+    a random number (pids repeat across boxes, each has its own PID namespace)."""
     return f"""\
 import os, subprocess, time
 
 SHA = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+RUN = int.from_bytes(os.urandom(6), "big")
 
 def test_takes_a_while():
     with open({str(log)!r}, "a") as fh:
-        fh.write(f"start {{SHA}} {{os.getpid()}} {{time.time()}}\\n")
+        fh.write(f"start {{SHA}} {{RUN}} {{time.time()}}\\n")
     time.sleep({seconds})
     with open({str(log)!r}, "a") as fh:
-        fh.write(f"end {{SHA}} {{os.getpid()}} {{time.time()}}\\n")
+        fh.write(f"end {{SHA}} {{RUN}} {{time.time()}}\\n")
 """
 
 
@@ -370,3 +372,53 @@ def test_tests_run_as_another_user_cannot_reach_the_workers_files(
         assert wait_report(store, str(repo.path), second, timeout=60).summary.passed == 6
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+ALIVE_TEST = """\
+import os, time
+
+LOG = {log!r}
+RUN = int.from_bytes(os.urandom(6), "big")
+
+def test_lives_a_while():
+    until = time.time() + {seconds}
+    while time.time() < until:
+        with open(LOG, "a") as fh:
+            fh.write(f"{{RUN}} {{time.time()}}\\n")
+        time.sleep(0.1)
+"""
+
+
+def test_a_redis_stall_longer_than_the_lease_never_gives_two_live_runs(
+    own_redis, worker, make_repo, tmp_path: Path
+):
+    # Given two workers with a 2 s lease, and a commit whose test lives 12 s, logging
+    # that it is alive every 0.1 s
+    settings = settings_for(own_redis.url, tmp_path / "data")
+    log = tmp_path / "shared" / "alive"
+    repo = make_repo({"tests/test_alive.py": ALIVE_TEST.format(log=str(log), seconds=12)})
+    env = {"CIQ_BROKER_URL": own_redis.url, "CIQ_RESULT_BACKEND": own_redis.url,
+           "CIQ_LEASE_TTL": "2", "CIQ_RECONCILE_INTERVAL": "0.5"}
+    worker("w1", data_dir=tmp_path / "h1", **env)
+    worker("w2", data_dir=tmp_path / "h2", **env)
+    assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
+    wait_for(lambda: log.exists() and log.read_text().count("\n") >= 5, 60, "the run")
+    # When Redis stalls for twice the lease's lifetime in the middle of the run
+    assert own_redis.proc is not None
+    os.kill(own_redis.proc.pid, signal.SIGSTOP)
+    time.sleep(4)
+    os.kill(own_redis.proc.pid, signal.SIGCONT)
+    # Then the commit gets one passed report, and no two runs were ever alive at once
+    store = Store.from_url(own_redis.url)
+    report = wait_report(store, str(repo.path), repo.head(), timeout=90)
+    assert report.status == "passed", report.message
+    lives: dict[str, list[float]] = {}
+    for line in log.read_text().splitlines():
+        run, at = line.split()
+        lives.setdefault(run, []).append(float(at))
+    # (the stalled run takes its lease back when nobody else took it, and goes on;
+    # a run that finds it in other hands stops at once)
+    spans = sorted((min(ts), max(ts)) for ts in lives.values())
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start > end, f"two live runs: one until {end}, the next from {start}"
+    store.client.close()

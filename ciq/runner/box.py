@@ -22,6 +22,7 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class Box:
     #: A copy of the allow-listed /etc files (:func:`etc_copy`), bound whole; None: each
     #: file bound on its own (a bind costs bwrap about 0.2 ms).
     etc: Path | None = None
+    #: Asked every tenth of a second while the box runs: True stops it at once (its run
+    #: lost its lease: another run may hold the commit now).
+    cancelled: Callable[[], bool] | None = None
 
     def allow_read(self, *paths: Path | str) -> Box:
         self.read.extend(Path(p) for p in paths)
@@ -181,10 +185,13 @@ class Rooms:
     shared: Path | None = None
     #: The boxes' /etc (:func:`etc_copy`); None: the allow-listed files one by one.
     etc: Path | None = None
+    #: True once the run lost its lease (see :attr:`Box.cancelled`).
+    cancelled: Callable[[], bool] | None = None
 
     def box(self, env: dict[str, str], cwd: Path | None = None) -> Box:
         """A box with the run's own folders and interpreters in it and no network."""
-        box = Box(cwd or self.worktree, env, self.limits, user=self.user, etc=self.etc)
+        box = Box(cwd or self.worktree, env, self.limits, user=self.user, etc=self.etc,
+                  cancelled=self.cancelled)
         box.allow_read(*self.interpreters)
         if self.mirror and self.git_admin:
             box.allow_read(self.mirror).allow_write(self.git_admin)
@@ -205,7 +212,7 @@ class Rooms:
             return self
         return Rooms(self.worktree, self.out, self.mirror, self.git_admin,
                      (*self.interpreters, home), self.limits, self.network, self.user,
-                     self.shared, self.etc)
+                     self.shared, self.etc, self.cancelled)
 
 
 def git_admin_of(worktree: Path, mirrors: Path) -> tuple[Path, Path] | None:

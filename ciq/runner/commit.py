@@ -168,7 +168,7 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
     git = git_admin_of(worktree, spec.data_dir / "mirrors")
     rooms = Rooms(worktree, out, git[0] if git else None, git[1] if git else None,
                   (own_interpreter(),), spec.limits, bool(config and config.network), user,
-                  spec.shared, etc_copy(spec.data_dir / "box"))
+                  spec.shared, etc_copy(spec.data_dir / "box"), spec.cancelled)
     setup0 = time.monotonic()
     try:
         python = Python.own()

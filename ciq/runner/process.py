@@ -77,6 +77,8 @@ class Completed:
     disk_full: bool = False
     #: The box's limit that stopped it: "memory", "processes"; None: none.
     limit: str | None = None
+    #: Stopped because its run lost its lease.
+    cancelled: bool = False
 
 
 def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int,
@@ -153,7 +155,7 @@ def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit
     reader = threading.Thread(target=drain, name="ciq-output", daemon=True)
     reader.start()
     timed_out, exited = threading.Event(), threading.Event()
-    disk_full, processes_hit = threading.Event(), threading.Event()
+    disk_full, processes_hit, cancelled = threading.Event(), threading.Event(), threading.Event()
 
     def time_is_up() -> None:
         # A timer rather than Popen.wait(timeout): that one polls with sleeps of up to
@@ -165,6 +167,10 @@ def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit
 
     def watch() -> None:
         while not exited.wait(WATCH):
+            if box.cancelled is not None and box.cancelled():
+                cancelled.set()
+                proc.send_signal(sandbox.STOP)
+                return
             if min_free_bytes:
                 st = os.statvfs(box.cwd)
                 if st.f_bavail * st.f_frsize < min_free_bytes:
@@ -179,7 +185,7 @@ def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit
     timer = threading.Timer(time_limit, time_is_up)
     timer.daemon = True
     timer.start()
-    if min_free_bytes or "pids" in cgroups.dirs:
+    if min_free_bytes or "pids" in cgroups.dirs or box.cancelled is not None:
         threading.Thread(target=watch, name="ciq-watch", daemon=True).start()
     try:
         proc.wait()
@@ -198,7 +204,7 @@ def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit
     limit = "processes" if processes_hit.is_set() else (
         "memory" if cgroups.memory_hit() else None)
     return Completed(proc.returncode, timed_out.is_set(), out.text(), 0.0,
-                     disk_full.is_set(), limit)
+                     disk_full.is_set(), limit, cancelled.is_set())
 
 
 def remove_box_cgroups(run_id: str) -> None:

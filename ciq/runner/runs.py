@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CiqError
@@ -53,6 +54,8 @@ class RunSpec:
     index_hosts: tuple[str, ...] = ()
     #: A host folder every box may write (CIQ_BOX_SHARED); None: none.
     shared: Path | None = None
+    #: True once the run lost its lease: its boxes stop at once, its report is dropped.
+    cancelled: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 def runs_dir(data_dir: Path) -> Path:

@@ -41,7 +41,7 @@ def save(data_dir: Path, report: Report) -> Path:
 def deliver(store: Store, path: Path, report: Report) -> bool:
     """Store one saved report; True if the stored report is this one (written now, or
     earlier by the worker's housekeeping). Raises if Redis is away."""
-    written = store.finish(report)
+    written = store.finish(report, fenced=True)
     path.unlink(missing_ok=True)
     if written:
         return True

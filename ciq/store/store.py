@@ -96,7 +96,7 @@ class Store:
 
     def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
         key = keys.lease(keys.repo_id(repo), sha)
-        return bool(self._renew(keys=[key], args=[run_id, int(ttl * 1000)]))
+        return bool(self._renew(keys=[key], args=[run_id, int(ttl * 1000), "1"]))
 
     def release(self, repo: str, sha: str, run_id: str) -> None:
         self._release(keys=[keys.lease(keys.repo_id(repo), sha)], args=[run_id])
@@ -104,8 +104,10 @@ class Store:
     def lease_holder(self, repo: str, sha: str) -> str | None:
         return self.client.get(keys.lease(keys.repo_id(repo), sha))
 
-    def finish(self, report: Report) -> bool:
+    def finish(self, report: Report, fenced: bool = False) -> bool:
         """Store the final report unless one exists. True if this call wrote it.
+        ``fenced``: only if no other run than the report's holds the commit's lease (a
+        stale run's report is refused; one whose lease merely expired is taken).
 
         A report on a branch also moves the branch's state and queues a notification
         event, in the same atomic step (see ``lua/finish.lua``).
@@ -124,11 +126,12 @@ class Store:
         return bool(self._finish(
             keys=[keys.report(report.repo, report.commit), keys.commit(rid, report.commit),
                   keys.STARTED, keys.index(rid), keys.branch_state(rid), keys.EVENTS,
-                  keys.DUE],
+                  keys.DUE, keys.lease(rid, report.commit)],
             args=[json.dumps(meta), keys.member(rid, report.commit), report.status,
                   json.dumps(_summary_fields(report)), report.branch or "", report.commit,
                   event_id, json.dumps(event_of(report, event_id)), now // 1000, now,
-                  report.finished_at or ""]))  # fmt: skip
+                  report.finished_at or "", (report.run_id or "") if fenced else ""]
+        ) == 1)  # fmt: skip
 
     def branch_state(self, repo: str) -> dict[str, dict[str, str]]:
         """Each branch's newest report: {status, commit, score, finished_at}."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
 
@@ -115,9 +115,14 @@ class _Attempt:
         if self.number > a.settings.max_attempts:
             report = self._gave_up()
         else:
-            self.spec = self._spec()
-            with Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl):
+            heartbeat = Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl)
+            self.spec = replace(self._spec(), cancelled=heartbeat.is_lost)
+            with heartbeat:
                 report = self._guarded(self.spec)
+            if heartbeat.is_lost():  # a stale run: another may hold the commit now
+                logger.warning("%s: lost the lease of %s; dropping its report (%s)",
+                               self.tag, self.lease.what, report.status)
+                return "dropped: lease lost"
         return self._store(report)
 
     def _spec(self) -> RunSpec:

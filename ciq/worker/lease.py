@@ -143,7 +143,14 @@ class Heartbeat:
         self._ttl = ttl
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="ciq-heartbeat", daemon=True)
+        #: Another run holds the lease now (a renewal said so).
         self.lost = False
+
+    def is_lost(self) -> bool:
+        """Whether this run must stop: another run holds its lease now (a commit's lease
+        that expired while Redis was away is taken back when nobody else took it, see
+        ``lua/renew.lua``). The run then stops its tests at once and makes no report."""
+        return self.lost
 
     def _beat(self) -> None:
         while not self._stop.wait(self._ttl / 3):
@@ -151,7 +158,7 @@ class Heartbeat:
             try:
                 if not lease.renew():
                     self.lost = True
-                    logger.error("%s (%s): lease lost; a late report will be dropped",
+                    logger.error("%s (%s): lease lost; its tests stop and make no report",
                                  self._what, lease.what)
             except Exception as exc:  # Redis away: keep trying, the lease may survive
                 logger.warning("%s (%s): cannot renew the lease: %s", self._what, lease.what,

@@ -1,8 +1,9 @@
 -- Store the final report of a commit, once (compare-and-set), and what follows from it.
--- KEYS: report, commit hash, started, index, branch state, events, due.
+-- KEYS: report, commit hash, started, index, branch state, events, due, lease.
 -- ARGV: report meta (JSON), member, status, summary fields (a flat JSON list), branch,
 -- sha, event id, event (JSON), due (ms), score of a commit missing from the index (now,
--- µs), finished_at. 1: stored; 0: a report was there already.
+-- µs), finished_at, run id ('' for a merge of chunks). 1: stored; 0: a report was there
+-- already; -1: another run holds the commit's lease (this run's is stale: fenced out).
 --
 -- The summary goes into the commit's hash too, so that listing history never reads
 -- whole reports. A report on a branch then moves the branch's state and makes a
@@ -12,6 +13,10 @@
 -- finished late, e.g. rerun after its worker died) changes neither: it is old news, and
 -- would otherwise flip the branch back. Which events are sent, and where, is decided
 -- when they are delivered (the `on` setting and the targets, read then).
+if ARGV[12] ~= '' then
+  local holder = redis.call('GET', KEYS[8])
+  if holder and holder ~= ARGV[12] then return -1 end
+end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
 redis.call('SREM', KEYS[3], ARGV[2])
