@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ciq.dispatch import Sender
 from ciq.runner.runs import remove_tree
 from ciq.settings import Settings
 from ciq.store import Store
@@ -136,8 +137,6 @@ def test_every_probe_of_a_hostile_commit_finds_the_box_holding(
     probes = _probes(str(data), redis_server.port, marker, str(host_tmp))
     sha = repo.commit({"tests/test_probes.py": probes}, "probes")
     worker(data_dir=data, CIQ_WEBHOOK_SECRET=SECRET, CIQ_TMP_MB="64")
-    from ciq.dispatch import Sender
-
     Sender.for_store(settings, store).submit(str(repo.path), sha, "main")
     report = wait_report(store, str(repo.path), sha, timeout=120)
     # Then every probe passed: each attack failed inside the box
@@ -171,8 +170,6 @@ def test_limits_end_a_run_with_a_clear_report_and_the_worker_goes_on(
     """)}, "memory hog")
     fine = repo.commit(PASSING, "fine again")
     worker(CIQ_PROCESS_LIMIT="64", CIQ_MEMORY_LIMIT_MB="512")
-    from ciq.dispatch import Sender
-
     sender = Sender.for_store(settings, store)
     for sha in (bomb, hog, fine):
         sender.submit(str(repo.path), sha, "main")
@@ -202,8 +199,6 @@ def test_junk_results_and_a_huge_test_name_give_a_clear_report(
             assert x
     """)}, "a 10 MB test name")
     worker()
-    from ciq.dispatch import Sender
-
     sender = Sender.for_store(settings, store)
     for sha in (junk, long_name):
         sender.submit(str(repo.path), sha, "main")
@@ -227,8 +222,6 @@ def test_a_commit_cannot_run_code_outside_its_box(
     preload = repo.commit({"ciq.toml": '[env]\nLD_PRELOAD = "./evil.so"\n',
                            "evil.so": "not a library"}, "LD_PRELOAD from the commit")
     worker(CIQ_WEBHOOK_SECRET=SECRET)
-    from ciq.dispatch import Sender
-
     sender = Sender.for_store(settings, store)
     for sha in (named, preload):
         sender.submit(str(repo.path), sha, "main")
@@ -267,8 +260,6 @@ def test_a_setup_step_gets_the_package_index_and_not_the_broker(
     repo = make_repo({**PASSING, "probe_setup.py": SETUP_PROBE, "ciq.toml": (
         f'setup = ["python probe_setup.py {redis_server.port}", "pip --version"]\n')})
     worker()
-    from ciq.dispatch import Sender
-
     Sender.for_store(settings, store).submit(str(repo.path), repo.head(), "main")
     r = wait_report(store, str(repo.path), repo.head(), timeout=180)
     assert r.status == "passed", (r.message, r.output[-2000:])

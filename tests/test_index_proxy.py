@@ -5,12 +5,12 @@ client, as a build step in the box would be."""
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
 import socket
 import stat
 import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Iterator
 from contextlib import suppress
@@ -250,29 +250,31 @@ def test_exit_closes_an_open_tunnel(sock: Path, index: FakeIndex) -> None:
         assert conn.recv(1) == b""
 
 
-def loopback_alias() -> str | None:
-    """A name other than localhost that this host resolves to loopback only (Debian maps
-    its host name to 127.0.1.1, containers to 127.0.0.1), standing in for a DNS trick."""
-    names = [socket.gethostname()]
-    with suppress(OSError), open("/etc/hosts") as hosts:
-        names += [name for line in hosts for name in line.split("#")[0].split()[1:]]
-    for name in names:
-        with suppress(OSError):
-            found = {info[4][0] for info in socket.getaddrinfo(name, 80)}
-            if name.lower() != "localhost" and found and all(
-                    ipaddress.ip_address(a).is_loopback for a in found):
-                return name
-    return None
+def test_a_name_that_resolves_to_loopback_is_refused(tmp_path: Path, index: FakeIndex) -> None:
+    # Given a DNS trick: an allowed index name that resolves to this host's loopback,
+    # played with an /etc/hosts of its own in a mount namespace (bubblewrap), where the
+    # proxy runs and is asked for it
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 index.example.org\n")
+    script = textwrap.dedent(f"""
+        import socket, sys
+        from pathlib import Path
+        from ciq.runner.index_proxy import IndexProxy
 
-
-def test_a_name_that_resolves_to_loopback_is_refused(sock: Path, index: FakeIndex) -> None:
-    alias = loopback_alias()
-    if alias is None:
-        pytest.skip("no name other than localhost resolves to loopback on this host")
-    with IndexProxy(sock, frozenset({(alias, index.port)})):
-        answer = ask(sock, f"GET http://{alias}:{index.port}/simple/ HTTP/1.1\r\n\r\n".encode())
-    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
-    assert b"a local address" in answer
+        assert socket.gethostbyname("index.example.org") == "127.0.0.1"
+        sock = Path({str(tmp_path / "proxy.sock")!r})
+        with IndexProxy(sock, frozenset({{("index.example.org", {index.port})}})):
+            conn = socket.socket(socket.AF_UNIX)
+            conn.connect(str(sock))
+            conn.sendall(b"GET http://index.example.org:{index.port}/simple/ HTTP/1.1\\r\\n\\r\\n")
+            sys.stdout.buffer.write(conn.recv(4096))
+    """)
+    done = subprocess.run(["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(hosts),
+                           "/etc/hosts", "--", sys.executable, "-c", script],
+                          capture_output=True, timeout=60)
+    # Then it is refused, and the index never hears of it
+    assert done.stdout.startswith(b"HTTP/1.1 403 Forbidden\r\n"), done.stderr
+    assert b"a local address" in done.stdout
     assert index.paths == []
 
 

@@ -117,8 +117,14 @@ class Cgroups:
                     time.sleep(0.01)
 
 
-def remove_left(name: str) -> None:
-    """Remove the cgroups of a box whose worker died before it could (empty by then)."""
+def cgroup_name(run_id: str) -> str:
+    """The name of the cgroups of run ``run_id``'s boxes."""
+    return f"ciq-{run_id}"
+
+
+def remove_left(run_id: str) -> None:
+    """Remove the cgroups of a run whose worker died before it could (empty by then)."""
+    name = cgroup_name(run_id)
     for ctl, path in _own().items():
         folder = CGROUP_ROOT / ctl / path / name if ctl else CGROUP_ROOT / path / name
         try:

@@ -23,7 +23,7 @@ from typing import cast
 from ..gitrepo import SAFE_GIT_ENV
 from . import sandbox
 from .box import SYSTEM_PATH, Box, run_env
-from .cgroups import Cgroups, remove_left
+from .cgroups import Cgroups, cgroup_name
 
 #: Seconds the sandbox gets to kill the test tree after a stop request.
 STOP_GRACE = 5.0
@@ -88,7 +88,7 @@ def run_sandboxed(cmd: list[str], box: Box, time_limit: float, output_limit: int
     box's working directory falls below ``min_free_bytes``. ``run_dir`` (the worker's,
     never the box's) holds the supervisor's spec and the box's process group."""
     started = time.monotonic()
-    cgroups = Cgroups(f"ciq-{run_dir.name}", box.limits.memory_bytes, box.limits.processes)
+    cgroups = Cgroups(cgroup_name(run_dir.name), box.limits.memory_bytes, box.limits.processes)
     try:
         proc = _start(cmd, box, run_dir, cgroups)
         if proc is None:  # the supervisor could not be put in the cgroups: rlimits
@@ -205,11 +205,6 @@ def _supervise(proc: subprocess.Popen, box: Box, time_limit: float, output_limit
         "memory" if cgroups.memory_hit() else None)
     return Completed(proc.returncode, timed_out.is_set(), out.text(), 0.0,
                      disk_full.is_set(), limit, cancelled.is_set())
-
-
-def remove_box_cgroups(run_id: str) -> None:
-    """Remove the cgroups of a run whose worker died (empty once its box is gone)."""
-    remove_left(f"ciq-{run_id}")
 
 
 def kill_recorded_group(pgid_file: Path) -> None:

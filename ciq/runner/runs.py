@@ -22,7 +22,8 @@ from ..gitrepo import Mirror
 from ..repoconfig import RepoConfig
 from ..store.keys import repo_id
 from .box import Limits
-from .process import kill_recorded_group, proc_start, remove_box_cgroups
+from .cgroups import remove_left
+from .process import kill_recorded_group, proc_start
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
         if proc_start(record["pid"]) == record.get("pid_start"):
             continue  # its worker process is alive
         kill_recorded_group(record_path.parent / "pgid")
-        remove_box_cgroups(record["run_id"])
+        remove_left(record["run_id"])
         remove_tree(record_path.parent)
         try:
             mirror_for(data_dir, record["repo"]).prune_worktrees()
