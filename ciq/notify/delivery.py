@@ -6,11 +6,13 @@ waits for a webhook) claims one due event at a time: one script moves it from th
 set to the in-flight set, scored by a deadline. The thread sends it to every target,
 then deletes it; if a target fails (a connection error, a non-2xx answer, an SMTP error)
 the event goes back to the due set with exponential backoff (1, 2, 4 … 64 s), and after
-:data:`MAX_TRIES` failed tries into the dead list, logged. A worker that dies holding an
-event loses nothing: once the claim's deadline passes, any delivery thread claims it
-again. Delivery is thus at least once; a receiver drops copies by ``X-Ciq-Delivery``
-(a mail's Message-ID is the same on each try too). Targets that took an event are
-remembered, so a retry sends only to those that failed.
+:data:`MAX_TRIES` failed tries into the dead list, logged. An unexpected error (a bug, a
+damaged detail of an event) is a failed try like these; an event that cannot be read at
+all goes to the dead list at once. A worker that dies holding an event loses nothing:
+once the claim's deadline passes, any delivery thread claims it again. Delivery is thus
+at least once; a receiver drops copies by ``X-Ciq-Delivery`` (a mail's Message-ID is the
+same on each try too). Targets that took an event are remembered, so a retry sends only
+to those that failed.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..store.keys import DEAD
 from ..store.store import Store
 from ..urls import SmtpURL, repo_name
 from . import targets
-from .events import wanted
+from .events import malformed, wanted
 from .targets import Targets, Webhook
 
 logger = logging.getLogger(__name__)
@@ -173,12 +175,40 @@ class Deliverer:
 
     def deliver(self, claimed: Claimed) -> bool:
         """Send a claimed event to every target that has not taken it yet, then delete it
-        (True) or schedule its next try (False)."""
+        (True), or schedule its next try or set it aside (False).
+
+        An unexpected error is a failed try like any: it backs off, and is given up after
+        ``max_tries``, rather than stop the pass and come back at every claim's deadline.
+        An event that cannot be read at all (see :func:`.events.malformed`) goes to the
+        dead list at once, unsent and as it was stored: no retry would mend it, and there
+        an operator sees what was stored. Redis away stops the pass: the claim expires
+        and the event is tried again then."""
+        problem = malformed(claimed.event)
+        if problem is not None:
+            if self.events.set_aside(claimed, f"malformed event: {problem}"):
+                logger.error("notify: set aside the malformed event %s (kept in %s): %s",
+                             claimed.id, DEAD, problem)
+            return False
+        try:
+            errors = self._send(claimed)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise  # not this event's fault: no try is counted
+        except Exception as exc:
+            logger.exception("notify: unexpected error delivering event %s", claimed.id)
+            errors = [f"unexpected {type(exc).__name__}: {exc}"]
+        if errors:
+            self._fail(claimed, errors)
+            return False
+        self.ack(claimed)
+        return True
+
+    def _send(self, claimed: Claimed) -> list[str]:
+        """Send the event to the targets that want it and have not taken it yet; returns
+        the errors of those that failed."""
         event = claimed.event
         to = self.targets_of(event["repo"])
         if not wanted(event["kind"], to.on):
-            self.ack(claimed)
-            return True
+            return []
         web_url, timeout = self.settings.web_url, self.settings.notify_timeout
         errors = []
         for hook in to.webhooks:
@@ -186,8 +216,8 @@ class Deliverer:
                 continue
             try:
                 post_webhook(hook, event, web_url, timeout)
-            except DeliveryError as exc:
-                errors.append(f"webhook {hook.shown} {exc}")
+            except Exception as exc:
+                errors.append(self._failure(claimed, f"webhook {hook.shown}", exc))
             else:
                 claimed.sent.append(hook.name)
                 logger.info("notify: sent the %s event %s of %s to webhook %s", event["kind"],
@@ -199,17 +229,25 @@ class Deliverer:
             else:
                 try:
                     send_mail(self.smtp, self.sender, to.emails, event, web_url, timeout)
-                except DeliveryError as exc:
-                    errors.append(f"mail through {self.smtp.host}:{self.smtp.port} {exc}")
+                except Exception as exc:
+                    where = f"mail through {self.smtp.host}:{self.smtp.port}"
+                    errors.append(self._failure(claimed, where, exc))
                 else:
                     claimed.sent.append(to.mail_name)
                     logger.info("notify: mailed the %s event %s of %s to %s", event["kind"],
                                 claimed.id, self._about(event), ", ".join(to.emails))
-        if errors:
-            self._fail(claimed, errors)
-            return False
-        self.ack(claimed)
-        return True
+        return errors
+
+    @staticmethod
+    def _failure(claimed: Claimed, target: str, exc: Exception) -> str:
+        """What a failed send to ``target`` says in the log and in Redis. Not only a
+        DeliveryError: a bug or a damaged detail of the event fails this target's try
+        alike, and the other targets still get the event."""
+        if isinstance(exc, DeliveryError):
+            return f"{target} {exc}"
+        logger.error("notify: unexpected error sending event %s to %s", claimed.id, target,
+                     exc_info=exc)
+        return f"{target} failed unexpectedly ({type(exc).__name__}: {exc})"
 
     def run_once(self, stop: threading.Event | None = None) -> int:
         """Deliver every event due now; returns how many were tried."""

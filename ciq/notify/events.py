@@ -60,6 +60,23 @@ def wanted(kind: str, on: str) -> bool:
     return kind in WANTED[on]
 
 
+#: What every message says of an event: text, always there (see ``lua/finish.lua``).
+FIELDS = ("id", "repo", "rid", "branch", "commit", "status", "kind")
+
+
+def malformed(event: Any) -> str | None:
+    """Why a stored event can never be delivered (not a JSON object, a field of
+    :data:`FIELDS` missing or not text, an unknown kind), or None."""
+    if not isinstance(event, dict):
+        return "not a JSON object"
+    for name in FIELDS:
+        if not isinstance(event.get(name), str):
+            return f"{name!r} is {event.get(name)!r}, not a string"
+    if event["kind"] not in KINDS:
+        return f"unknown kind {event['kind']!r}"
+    return None
+
+
 def commit_url(web_url: str | None, rid: str, sha: str) -> str | None:
     """The commit's page in `ciq web` (CIQ_WEB_URL), if ciq knows where that is."""
     if not web_url:

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import CiqError
 from ..gitrepo import Mirror
@@ -71,7 +72,10 @@ def start(data_dir: Path, run_id: str, repo: str, sha: str) -> Path:
         "run_id": run_id, "repo": repo, "sha": sha, "host": os.uname().nodename,
         "pid": os.getpid(), "pid_start": proc_start(os.getpid()),
     }  # fmt: skip
-    (run_dir / "run.json").write_text(json.dumps(record))
+    # Whole or not at all (the sweeper sets a half-written record aside as damaged).
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, run_dir / "run.json")
     return run_dir
 
 
@@ -111,30 +115,83 @@ class DeadRun:
 def sweep_stale_runs(data_dir: Path, host: str) -> list[DeadRun]:
     """Clean the runs of this host whose worker process is gone: kill the test tree that
     may still run and delete the worktree. Returns the runs cleaned, so that the caller
-    can free their leases at once rather than wait for them to expire."""
+    can free their leases at once rather than wait for them to expire.
+
+    Each record stands alone: one that is damaged, or whose clean-up fails, is logged and
+    set aside (``run.json.bad``, its folder kept for an operator), and the sweep goes on.
+    """
     cleaned: list[DeadRun] = []
     runs = runs_dir(data_dir)
     if not runs.is_dir():
         return cleaned
     for record_path in runs.glob("*/run.json"):
         try:
-            record = json.loads(record_path.read_text())
-        except (OSError, ValueError):
+            record = _read_record(record_path)
+        except FileNotFoundError:
+            continue  # its run just ended and removed its folder
+        except (OSError, ValueError) as exc:
+            _set_aside(record_path, f"unusable record ({exc})")
             continue
-        if record.get("host") != host:
+        if record["host"] != host:
             continue
-        if proc_start(record["pid"]) == record.get("pid_start"):
+        if proc_start(record["pid"]) == record["pid_start"]:
             continue  # its worker process is alive
-        kill_recorded_group(record_path.parent / "pgid")
-        remove_left(record["run_id"])
-        remove_tree(record_path.parent)
         try:
-            mirror_for(data_dir, record["repo"]).prune_worktrees()
-        except CiqError:
-            pass
+            _clean_dead(data_dir, record_path.parent, record)
+        except Exception as exc:  # the other dead runs are cleaned all the same
+            _set_aside(record_path, f"cleaning up its dead run failed ({exc!r})", trace=True)
+            continue
         logger.warning("runner: cleaned up run %s of a dead worker process", record["run_id"])
         cleaned.append(DeadRun(record["run_id"], record["repo"], record["sha"]))
     return cleaned
+
+
+#: The fields of a run record the sweeper reads, and their types (see :func:`start`).
+_RECORD = {"run_id": str, "repo": str, "sha": str, "host": str, "pid": int}
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run's ``run.json`` as :func:`start` wrote it; raises ValueError saying what is
+    wrong with it otherwise (OSError if it cannot be read)."""
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+        raise ValueError(f"a JSON {type(record).__name__}, not an object")
+    for name, kind in _RECORD.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{name!r} should be {kind.__name__}, is {value!r}")
+    if record["pid"] <= 0:
+        raise ValueError(f"'pid' should be positive, is {record['pid']}")
+    # Not a string, it would never match a live process's start: the live run looked dead.
+    if not isinstance(record.get("pid_start"), str | None):
+        raise ValueError(f"'pid_start' should be str, is {record['pid_start']!r}")
+    # The run id names cgroups to remove: only the folder's own (no "../" from a record).
+    if record["run_id"] != path.parent.name:
+        raise ValueError(f"'run_id' is {record['run_id']!r}, not its folder's name")
+    return record
+
+
+def _clean_dead(data_dir: Path, run_dir: Path, record: dict[str, Any]) -> None:
+    kill_recorded_group(run_dir / "pgid")
+    remove_left(record["run_id"])
+    remove_tree(run_dir)
+    try:
+        mirror_for(data_dir, record["repo"]).prune_worktrees()
+    except (CiqError, OSError):
+        pass  # the run is gone all the same; a later clean-up prunes its worktree entry
+
+
+def _set_aside(record_path: Path, why: str, trace: bool = False) -> None:
+    """Log a record the sweeper cannot use (``trace``: with the exception being handled)
+    and rename it, so that it is read and logged once, not at every sweep."""
+    try:
+        record_path.rename(record_path.with_name("run.json.bad"))
+        outcome = "renamed run.json.bad, its folder kept"
+    except FileNotFoundError:
+        outcome = "its folder is gone"
+    except OSError as exc:
+        outcome = f"could not rename it ({exc}): it is read again at the next sweep"
+    logger.error("runner: run record %s: %s; %s", record_path, why, outcome, exc_info=trace)
 
 
 def clean_up(data_dir: Path, run_id: str, repo: str) -> None:

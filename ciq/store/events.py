@@ -67,7 +67,9 @@ class Claimed:
     """An event one delivery thread holds until its claim's deadline."""
 
     id: str
-    event: dict[str, Any]
+    #: The stored event: a JSON object, unless damaged (then whatever was stored, the
+    #: text itself if it is not JSON; delivery sets such an event aside).
+    event: Any
     tries: int = 0
     #: Names of the targets that took it already (a retry sends to the others only).
     sent: list[str] = field(default_factory=list)
@@ -89,9 +91,17 @@ class Events:
         if not found:
             return None
         event_id, raw, progress = found
-        done = json.loads(progress) if progress else {}
-        return Claimed(event_id, json.loads(raw), int(done.get("tries", 0)),
-                       list(done.get("sent", [])))
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = raw
+        try:
+            done = json.loads(progress) if progress else {}
+            return Claimed(event_id, event, int(done.get("tries", 0)),
+                           [str(name) for name in done.get("sent", [])])
+        except (ValueError, TypeError, AttributeError):
+            # Damaged progress: tried afresh (a target may get a copy: at least once).
+            return Claimed(event_id, event)
 
     def ack(self, claimed: Claimed) -> None:
         """The event was delivered everywhere: it goes."""
@@ -109,3 +119,8 @@ class Events:
             keys=[*self._QUEUES, keys.DEAD],
             args=[claimed.id, json.dumps(progress), ms(delay), int(give_up),
                   json.dumps(dead), DEAD_CAP]))  # fmt: skip
+
+    def set_aside(self, claimed: Claimed, error: str) -> int:
+        """Into the dead list at once, as it was stored: an event delivery cannot read
+        (no retry would mend it). Returns what :meth:`retry` does."""
+        return self.retry(claimed, claimed.tries, error, 0.0, give_up=True)

@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+import redis
+
 from ..report import Report
 from .keys import repo_id
 from .store import Store
@@ -49,8 +51,17 @@ def deliver(store: Store, path: Path, report: Report) -> bool:
     return stored is not None and stored.run_id == report.run_id
 
 
+#: What Redis answers when it cannot take any report now (away, a replica after a
+#: failover, out of memory): the pass stops and every file waits for the next one.
+TRY_LATER = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError,
+             redis.OutOfMemoryError)
+
+
 def deliver_pending(store: Store, data_dir: Path) -> int:
-    """Store every report left in the outbox; returns how many were delivered."""
+    """Store every report left in the outbox; returns how many were delivered. Raises
+    :data:`TRY_LATER` errors (the files stay); a file that cannot be read, or whose
+    report Redis refuses, is logged and moved aside (``.bad``) for an operator, and the
+    others are delivered."""
     folder = _folder(data_dir)
     if not folder.is_dir():
         return 0
@@ -58,13 +69,33 @@ def deliver_pending(store: Store, data_dir: Path) -> int:
     for path in sorted(folder.glob("*.json")):
         try:
             report = Report.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError) as exc:
-            logger.error("outbox: unreadable report %s (%s); moved aside", path.name, exc)
-            path.rename(path.with_suffix(".bad"))
+        except FileNotFoundError:
+            continue  # its run stored it meanwhile
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            _set_aside(path, f"unreadable report ({exc})")
             continue
-        if store.finish(report):
+        try:
+            written = store.finish(report)
+        except TRY_LATER:
+            raise
+        except Exception as exc:  # refused by a script, a bug: the others go all the same
+            _set_aside(path, f"could not store it ({exc!r})", trace=True)
+            continue
+        if written:
             logger.warning("outbox: delivered the report of %s kept while Redis was away",
                            report.commit[:12])
         path.unlink(missing_ok=True)
         count += 1
     return count
+
+
+def _set_aside(path: Path, why: str, trace: bool = False) -> None:
+    """Log a report that cannot be delivered and rename it, so that it is tried (and
+    logged) once, not at every pass."""
+    aside = path.with_suffix(".bad")
+    try:
+        path.rename(aside)
+        outcome = f"moved aside to {aside.name}"
+    except OSError as exc:
+        outcome = f"could not move it aside ({exc})"
+    logger.error("outbox: %s: %s; %s", path.name, why, outcome, exc_info=trace)
