@@ -17,6 +17,7 @@ is why this module imports no redis-py.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ from .gitrepo import CommitInfo
 from .message import run_message
 from .settings import Settings
 from .store import claims
+from .store.keys import task_id
 from .store.scripts import Redisish, RedisPy
 
 if TYPE_CHECKING:
@@ -36,6 +38,11 @@ logger = logging.getLogger(__name__)
 #: Seconds a claimed commit may stay unsent before the reconciler sends it; far above
 #: the few milliseconds between a claim and its send.
 UNSENT_AFTER = 30.0
+#: Seconds a sent commit may go untaken, off its queue, before it is sent again: far
+#: above the milliseconds between a worker taking a message and the run's lease.
+RESEND_AFTER = 10.0
+#: The task id in a message (kombu's envelope, as :mod:`ciq.message` writes it).
+_TASK_ID = re.compile(r'"id": "([0-9a-f-]{36})"')
 
 
 @dataclass(frozen=True)
@@ -112,41 +119,81 @@ class Sender:
                info: CommitInfo | None = None) -> bool:
         """Enqueue one commit unless it was enqueued before. True if this call did."""
         meta = {"subject": info.subject, "author": info.author} if info else {}
+        message = self.run(repo, sha, branch)
 
         def claim(inline: list[Message]) -> bool:
-            message = (inline[0].queue, inline[0].body) if inline else None
-            return claims.claim(self.backend, repo, sha, branch, meta, message)
+            pushed = (inline[0].queue, inline[0].body) if inline else None
+            return claims.claim(self.backend, repo, sha, branch, meta, pushed)
 
-        if not self.along([self.run(repo, sha, branch)], claim):
+        if not self.along([message], claim):
             return False
         if not self.atomic:
-            claims.mark_sent(self.backend, repo, sha)
+            claims.mark_sent(self.backend, repo, sha, message.queue)
         logger.info("dispatch: enqueued %s of %s (%s)", sha[:12], repo, branch or "-")
         return True
 
+    def queued_ids(self, queue: str, page: int = 1000) -> set[str]:
+        """The task ids of the messages waiting on ``queue``'s list, read a page at a time
+        (the list may move meanwhile: an id missed only costs a harmless extra copy)."""
+        found: set[str] = set()
+        start = 0
+        while True:
+            chunk = self.broker.call("LRANGE", queue, start, start + page - 1) or []
+            for raw in chunk:
+                text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+                found.update(_TASK_ID.findall(text))
+            if len(chunk) < page:
+                return found
+            start += page
+
 
 def reconcile(store: Store, sender: Sender, unsent_after: float = UNSENT_AFTER,
-              shards: Shards | None = None) -> int:
+              shards: Shards | None = None, resend_after: float = RESEND_AFTER) -> int:
     """One pass of the reconciler; returns how many commits (and chunks) it sent again.
 
     The Redis transport restores a dead worker's unacknowledged message only after its
     visibility timeout (an hour by default) on a sweep that runs about every 100 s, so
     ciq does not wait for it. A commit that started (took a lease) and has neither a
     final report nor a live lease has lost its run: it is sent again at once, first in
-    line. A commit claimed but never sent (its enqueuer died in between) is sent too.
-    Extra copies are harmless: the lease and the final compare-and-set make them stand
-    down.
+    line. A commit claimed but never sent (its enqueuer died in between) is sent too, and
+    so is one sent ``resend_after`` seconds ago or more that no run took and that is no
+    longer on its queue (a worker died between taking the message and the lease, or the
+    message left the broker's list some other way). Extra copies are harmless: the lease
+    and the final compare-and-set make them stand down.
     """
     for _repo, sha, _branch in store.release_orphans():
         logger.warning("reconciler: the run of %s died; enqueueing it again", sha[:12])
     count = 0
     for repo, sha, branch in store.unsent(unsent_after):
-        logger.info("reconciler: sending %s of %s", sha[:12], repo)
-        sender.push([sender.run(repo, sha, branch, first=True)])  # routed as it is now
-        store.mark_sent(repo, sha)
-        count += 1
+        message = sender.run(repo, sha, branch, first=True)  # routed as it is now
+        if store.mark_sent(repo, sha, message.queue):  # not sent by another pass meanwhile
+            logger.info("reconciler: sending %s of %s", sha[:12], repo)
+            sender.push([message])
+            count += 1
+    count += _resend_untaken(store, sender, resend_after)
     if shards is not None:
         count += shards.reconcile(
             lambda repo, sha, branch, index, queue: sender.push(
                 [sender.chunk(repo, sha, branch, index, queue)]))
+    return count
+
+
+def _resend_untaken(store: Store, sender: Sender, older_than: float) -> int:
+    """Send again the commits sent long ago that no run took and no queue holds."""
+    waiting = store.sent_before(older_than)
+    queued: dict[str, set[str]] = {}
+    count = 0
+    for repo, sha, branch, queue in waiting:
+        if queue not in queued:
+            queued[queue] = sender.queued_ids(queue) if queue else set()
+        if task_id(repo, sha) in queued[queue]:
+            store.still_queued(repo, sha)  # its queue explains the wait
+            continue
+        logger.warning("reconciler: %s of %s was sent %.0f s ago or more, no run took it "
+                       "and it is not on queue %r; sending it again", sha[:12], repo,
+                       older_than, queue)
+        message = sender.run(repo, sha, branch, first=True)
+        sender.push([message])
+        store.mark_sent(repo, sha, message.queue)
+        count += 1
     return count

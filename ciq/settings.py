@@ -45,6 +45,9 @@ class Settings:
     lease_ttl: float = 5.0
     #: Seconds between two reconciler passes in each worker.
     reconcile_interval: float = 1.0
+    #: Seconds between two looks (by one worker of the cluster) for leases whose worker
+    #: process died: its commit is rerun that long after the death, not lease_ttl later.
+    liveness_interval: float = 0.1
     #: Runs of one commit before ciq gives up with an `error` report (poison commits).
     max_attempts: int = 3
     #: Bytes of test output kept in a report: half from the head, half from the tail.
@@ -115,6 +118,7 @@ class Settings:
         "time_limit": "CIQ_TIME_LIMIT",
         "lease_ttl": "CIQ_LEASE_TTL",
         "reconcile_interval": "CIQ_RECONCILE_INTERVAL",
+        "liveness_interval": "CIQ_LIVENESS_INTERVAL",
         "max_attempts": "CIQ_MAX_ATTEMPTS",
         "output_limit": "CIQ_OUTPUT_LIMIT",
         "min_free_mb": "CIQ_MIN_FREE_MB",
@@ -142,7 +146,8 @@ class Settings:
     }
 
     def __post_init__(self) -> None:
-        for name in ("time_limit", "lease_ttl", "reconcile_interval", "notify_timeout"):
+        for name in ("time_limit", "lease_ttl", "reconcile_interval", "liveness_interval",
+                     "notify_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{self.ENV[name]} must be a positive number of seconds")
         if self.max_attempts < 1:

@@ -28,7 +28,7 @@ def test_without_the_atomic_path_an_unsent_claim_is_found(store: Store) -> None:
     assert store.unsent(older_than=3600) == []
     # Then after the grace period the reconciler finds it
     assert store.unsent(older_than=0) == [(REPO, SHA, "main")]
-    store.mark_sent(REPO, SHA)
+    assert store.mark_sent(REPO, SHA, "ciq")
     assert store.unsent(older_than=0) == []
 
 

@@ -13,7 +13,7 @@ import json
 from datetime import UTC, datetime
 
 from . import keys
-from .scripts import CLAIM, Redisish
+from .scripts import CLAIM, SENT, Redisish
 
 
 def claim(conn: Redisish, repo: str, sha: str, branch: str | None, meta: dict[str, str],
@@ -36,13 +36,18 @@ def claim(conn: Redisish, repo: str, sha: str, branch: str | None, meta: dict[st
     flat = [x for kv in fields.items() for x in kv]
     queue, payload = message or (keys.NONE, "")
     got = conn.eval(
-        CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue],
+        CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue, keys.SENT],
         [json.dumps(flat), keys.now_us(), sha, keys.member(rid, sha), rid, repo, payload])
     return bool(int(got))
 
 
-def mark_sent(conn: Redisish, repo: str, sha: str) -> None:
-    conn.call("ZREM", keys.UNSENT, keys.member(keys.repo_id(repo), sha))
+def mark_sent(conn: Redisish, repo: str, sha: str, queue: str) -> bool:
+    """The commit's message goes on ``queue``'s list: it moves from the unsent set to the
+    sent set, where the reconciler finds it if no run ever takes its lease. True if it
+    was in the unsent set."""
+    rid = keys.repo_id(repo)
+    return bool(conn.eval(SENT, [keys.UNSENT, keys.SENT, keys.commit(rid, sha), queue],
+              [keys.member(rid, sha), keys.now_us()]))
 
 
 def routed_queue(conn: Redisish, repo: str) -> str | None:

@@ -54,6 +54,14 @@ _TASK_NS = uuid.UUID("6f1d0d4e-1c2a-4b55-9d7e-3f3c1f0a9c11")
 REPOS = "ciq:repos"
 STARTED = "ciq:started"
 UNSENT = "ciq:unsent"
+#: Commits handed to the broker and not leased yet (member -> when sent or last seen
+#: queued, µs): the reconciler sends again one that stays there and is not queued.
+SENT = "ciq:sent"
+#: Who holds each lease (lease key -> "run id, holder's connection name"): a lease
+#: whose holder's connection is gone is freed at once (see ``lua/dead.lua``).
+HOLDERS = "ciq:holders"
+#: Which Redis the watchers last saw (its run_id) and since when.
+LIVENESS = "ciq:liveness"
 REPO_CONFIG = "ciq:repo-config"
 SHARDED = "ciq:sharded"
 CHUNKS_STARTED = "ciq:chunks:started"

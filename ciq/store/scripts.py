@@ -68,6 +68,8 @@ RENEW = Script.load("renew")
 RELEASE = Script.load("release")
 FINISH = Script.load("finish")
 ORPHAN = Script.load("orphan")
+SENT = Script.load("sent")
+DEAD = Script.load("dead")
 # Sharded runs: plan, chunk leases and results, the reconciler's part, durations.
 PLAN = Script.load("plan")
 TAKE = Script.load("take")

@@ -39,6 +39,9 @@ class Store:
         # Any: redis-py types every reply as bytes | str whatever decode_responses says;
         # this client always decodes (see from_url).
         self.client: Any = client
+        #: The name its connections give Redis (CLIENT SETNAME), if any: the leases this
+        #: store takes are then freed as soon as those connections are gone.
+        self.name: str = client.connection_pool.connection_kwargs.get("client_name") or ""
         #: The same client for the functions that run over any connection.
         self.conn = RedisPy(client)
         self._acquire = register(client, ACQUIRE)
@@ -50,8 +53,9 @@ class Store:
         self._reported = register(client, REPORTED)
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(connect(url, decode_responses=True))
+    def from_url(cls, url: str, **options: Any) -> Store:
+        """A store over ``url``; ``options`` go to redis-py (see :func:`.client.connect`)."""
+        return cls(connect(url, decode_responses=True, **options))
 
     def ping(self) -> None:
         try:
@@ -68,8 +72,28 @@ class Store:
         """Record a commit as seen, once (see :func:`ciq.store.claims.claim`)."""
         return claims.claim(self.conn, repo, sha, branch, meta, message)
 
-    def mark_sent(self, repo: str, sha: str) -> None:
-        claims.mark_sent(self.conn, repo, sha)
+    def mark_sent(self, repo: str, sha: str, queue: str) -> bool:
+        return claims.mark_sent(self.conn, repo, sha, queue)
+
+    def sent_before(self, older_than: float) -> list[tuple[str, str, str | None, str]]:
+        """Commits sent to the broker more than ``older_than`` seconds ago (or last seen
+        on its queue then) that no run has leased since: (repo, sha, branch, queue)."""
+        cutoff = keys.now_us() - int(older_than * 1_000_000)
+        found = []
+        for member in self.client.zrangebyscore(keys.SENT, "-inf", cutoff):
+            rid, _, sha = member.partition(":")
+            repo, branch, queue = self.client.hmget(keys.commit(rid, sha), "repo", "branch",
+                                                    "queue")
+            if not repo or self.client.exists(keys.report(repo, sha)):
+                self.client.zrem(keys.SENT, member)  # pruned, or reported meanwhile
+                continue
+            found.append((repo, sha, branch or None, queue or ""))
+        return found
+
+    def still_queued(self, repo: str, sha: str) -> None:
+        """The commit's message is still on its queue: look again in a while."""
+        self.client.zadd(keys.SENT, {keys.member(keys.repo_id(repo), sha): keys.now_us()},
+                         xx=True)
 
     def unsent(self, older_than: float) -> list[tuple[str, str, str | None]]:
         """Claimed commits whose enqueuer died before handing them to the broker."""
@@ -91,15 +115,34 @@ class Store:
         rid = keys.repo_id(repo)
         return int(self._acquire(
             keys=[keys.lease(rid, sha), keys.report(repo, sha), keys.commit(rid, sha),
-                  keys.STARTED],
-            args=[run_id, int(ttl * 1000), keys.member(rid, sha), worker, utcnow()]))
+                  keys.STARTED, keys.HOLDERS, keys.SENT],
+            args=[run_id, int(ttl * 1000), keys.member(rid, sha), worker, utcnow(),
+                  self.name]))
 
     def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
         key = keys.lease(keys.repo_id(repo), sha)
         return bool(self._renew(keys=[key], args=[run_id, int(ttl * 1000), "1"]))
 
     def release(self, repo: str, sha: str, run_id: str) -> None:
-        self._release(keys=[keys.lease(keys.repo_id(repo), sha)], args=[run_id])
+        self._release(keys=[keys.lease(keys.repo_id(repo), sha), keys.HOLDERS], args=[run_id])
+
+    def count_yield(self, repo: str, sha: str, chunk: int | None = None) -> None:
+        """A run of the commit (or of its chunk) stopped alive, having lost its lease (a
+        Redis stall): not a death, so it must not count towards giving up on it."""
+        rid = keys.repo_id(repo)
+        if chunk is None:
+            self.client.hincrby(keys.commit(rid, sha), "yielded", 1)
+        else:
+            self.client.hincrby(keys.plan(rid, sha), f"y:{chunk}", 1)
+
+    def yields(self, repo: str, sha: str, chunk: int | None = None) -> int:
+        """How many runs of the commit (or chunk) stopped alive (:meth:`count_yield`)."""
+        rid = keys.repo_id(repo)
+        if chunk is None:
+            raw = self.client.hget(keys.commit(rid, sha), "yielded")
+        else:
+            raw = self.client.hget(keys.plan(rid, sha), f"y:{chunk}")
+        return int(raw or 0)
 
     def lease_holder(self, repo: str, sha: str) -> str | None:
         return self.client.get(keys.lease(keys.repo_id(repo), sha))
@@ -126,7 +169,7 @@ class Store:
         return bool(self._finish(
             keys=[keys.report(report.repo, report.commit), keys.commit(rid, report.commit),
                   keys.STARTED, keys.index(rid), keys.branch_state(rid), keys.EVENTS,
-                  keys.DUE, keys.lease(rid, report.commit)],
+                  keys.DUE, keys.lease(rid, report.commit), keys.HOLDERS, keys.SENT],
             args=[json.dumps(meta), keys.member(rid, report.commit), report.status,
                   json.dumps(_summary_fields(report)), report.branch or "", report.commit,
                   event_id, json.dumps(event_of(report, event_id)), now // 1000, now,

@@ -28,6 +28,7 @@ from ..runner.runs import RunSpec, clean_up
 from ..settings import Settings
 from ..sharding.plan import ShardPlan, decide, plan_chunks
 from ..store import outbox
+from ..store.client import process_name
 from ..store.shards import DROPPED, LAST, Shards
 from ..store.store import Store
 from .lease import ChunkLease, CommitLease, Heartbeat, Lease, patiently, wait_for
@@ -51,8 +52,13 @@ class Attempts:
     sender: Sender
 
     @classmethod
-    def open(cls, settings: Settings) -> Attempts:
-        store = Store.from_url(settings.result_backend)
+    def open(cls, settings: Settings, role: str = "run") -> Attempts:
+        """The parts of one process; ``role`` names its Redis connections (with its host
+        and pid), which is how the watcher tells that it died (:mod:`.liveness`)."""
+        # A renewal every third of the lease lifetime, each given at most a quarter of
+        # it (and one retry): a lease is renewed in time, or the run knows it may be lost.
+        store = Store.from_url(settings.result_backend, client_name=process_name(role),
+                               socket_timeout=min(10.0, settings.lease_ttl / 4))
         shards = Shards(store, settings.lease_ttl, settings.time_limit, settings.output_limit)
         return cls(settings, store, shards, Sender.for_store(settings, store))
 
@@ -112,7 +118,7 @@ class _Attempt:
             self.plan = patiently(self.tag, lambda: shards.plan(self.repo, sha))
             if self.plan is None or self.lease.chunk >= len(self.plan.chunks):
                 return "stood down"
-        if self.number > a.settings.max_attempts:
+        if self.number > a.settings.max_attempts and self._deaths() >= a.settings.max_attempts:
             report = self._gave_up()
         else:
             heartbeat = Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl)
@@ -122,6 +128,7 @@ class _Attempt:
             if heartbeat.is_lost():  # a stale run: another may hold the commit now
                 logger.warning("%s: lost the lease of %s; dropping its report (%s)",
                                self.tag, self.lease.what, report.status)
+                self._yielded()
                 return "dropped: lease lost"
         return self._store(report)
 
@@ -217,10 +224,23 @@ class _Attempt:
 
     # -- storing what it found ----------------------------------------------------------
 
+    def _deaths(self) -> int:
+        """Earlier runs that ended with their worker dying: those that lost their lease
+        and stopped (a Redis stall, a false alarm of the watcher) do not count."""
+        store, chunk = self.a.store, self.lease.chunk
+        return self.number - 1 - patiently(self.tag, lambda: store.yields(self.repo, self.sha,
+                                                                          chunk))
+
+    def _yielded(self) -> None:
+        try:
+            self.a.store.count_yield(self.repo, self.sha, self.lease.chunk)
+        except redis.RedisError as exc:  # only the poison count is off by one
+            logger.warning("%s: could not count the lost lease: %s", self.tag, exc)
+
     def _gave_up(self) -> Report:
         """The `error` report of a commit (or chunk) whose runs kept killing their worker."""
         what = f"chunk {self.lease.chunk + 1}: " if self.lease.chunk is not None else ""
-        attempts = self.number - 1
+        attempts = self._deaths()
         return Report(
             repo=self.repo, commit=self.sha, branch=self.branch, status="error",
             worker=self.worker, attempts=attempts, run_id=self.run_id, started_at=utcnow(),
@@ -235,8 +255,9 @@ class _Attempt:
         a, sha = self.a, self.sha
         saved = outbox.save(a.settings.data_dir, report)
         if not patiently(self.tag, lambda: outbox.deliver(a.store, saved, report)):
-            logger.warning("%s: %s was reported meanwhile; dropping this report", self.tag,
-                           sha[:12])
+            logger.warning("%s: %s was reported meanwhile, or another run holds it; "
+                           "dropping this report", self.tag, sha[:12])
+            self._yielded()
             return "dropped: reported meanwhile"
         logger.info("%s: %s %s (%d tests, %.2fs)", self.tag, sha[:12], report.status,
                     report.summary.total, report.duration)

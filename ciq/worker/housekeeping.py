@@ -20,6 +20,7 @@ from ..notify.delivery import Deliverer
 from ..runner.runs import sweep_stale_runs
 from ..store import outbox
 from .attempt import Attempts
+from .liveness import Watcher, resend_after
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +38,12 @@ class Housekeeping(bootsteps.StartStopStep):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._notifier: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._attempts: Attempts | None = None
 
     def start(self, worker: Any) -> None:
-        mine = Attempts.open(worker.app.ciq_settings)  # the same parts as a pool process's
+        # The same parts as a pool process's, with connections of their own name.
+        mine = Attempts.open(worker.app.ciq_settings, "main")
         self._attempts = mine
         self._thread = threading.Thread(target=self._loop, args=(worker, mine),
                                         name="ciq-housekeeping", daemon=True)
@@ -54,25 +57,42 @@ class Housekeeping(bootsteps.StartStopStep):
             name="ciq-notify", daemon=True,
         )  # fmt: skip
         self._notifier.start()
+        # A thread of its own too: it looks ten times a second, and a slow pass of the
+        # reconciler must not delay the rerun of a commit whose worker just died.
+        self._watcher = threading.Thread(target=Watcher(mine).run, args=(self._stop,),
+                                         name="ciq-watcher", daemon=True)
+        self._watcher.start()
 
     def _loop(self, worker: Any, mine: Attempts) -> None:
         settings, store, shards = mine.settings, mine.store, mine.shards
         queues = list(worker.app.amqp.queues.consume_from or [settings.queue])
+
+        def announce() -> None:
+            # How many runs this node takes at once, for the sharding plans of every
+            # worker (autoscaling changes it: read it each time).
+            processes = getattr(worker.pool, "num_processes", None) or worker.concurrency
+            shards.announce(worker.hostname, queues, int(processes or 1))
+
+        def sweep() -> None:
+            for dead in sweep_stale_runs(settings.data_dir, os.uname().nodename):
+                # Its process is gone for sure: free the lease now (only if that run
+                # still holds it) so the rerun need not wait for the expiry.
+                store.release(dead.repo, dead.sha, dead.run_id)
+
+        def reconciler() -> None:
+            if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
+                reconcile(store, mine.sender, shards=shards,
+                          resend_after=resend_after(settings))
+
+        steps = {"announce": announce, "sweep": sweep,
+                 "outbox": lambda: outbox.deliver_pending(store, settings.data_dir),
+                 "reconcile": reconciler}
         while True:
-            try:
-                # How many runs this node takes at once, for the sharding plans of every
-                # worker (autoscaling changes it: read it each time).
-                processes = getattr(worker.pool, "num_processes", None) or worker.concurrency
-                shards.announce(worker.hostname, queues, int(processes or 1))
-                for dead in sweep_stale_runs(settings.data_dir, os.uname().nodename):
-                    # Its process is gone for sure: free the lease now (only if that run
-                    # still holds it) so the rerun need not wait for the expiry.
-                    store.release(dead.repo, dead.sha, dead.run_id)
-                outbox.deliver_pending(store, settings.data_dir)
-                if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
-                    reconcile(store, mine.sender, shards=shards)
-            except Exception as exc:  # Redis away, disk full...: log, try next time
-                logger.warning("housekeeping: pass failed: %s", exc)
+            for name, step in steps.items():
+                try:  # each on its own: a failing step must not hold up the others
+                    step()
+                except Exception as exc:  # Redis away, disk full...: log, try next time
+                    logger.warning("housekeeping: %s failed: %s", name, exc)
             if self._stop.wait(settings.reconcile_interval):
                 return
 
@@ -83,6 +103,6 @@ class Housekeeping(bootsteps.StartStopStep):
                 self._attempts.shards.sign_off(worker.hostname)
         except Exception as exc:  # Redis away: the entry ages out by itself
             logger.warning("housekeeping: could not sign off: %s", exc)
-        for thread in (self._thread, self._notifier):
+        for thread in (self._thread, self._notifier, self._watcher):
             if thread is not None:
                 thread.join(timeout=5)

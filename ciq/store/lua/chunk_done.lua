@@ -1,8 +1,13 @@
 -- Store the result of one chunk, once.
 -- KEYS: plan, chunk lease, chunks started. ARGV: i, result (JSON), member:i, run id.
--- 0: dropped (the plan is gone or the chunk has a result); 1: stored; 2: stored, and it
+-- 0: dropped (the plan is gone, the chunk has a result, or another run holds its
+-- lease); 1: stored; 2: stored, and it
 -- was the last one missing.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+-- Fenced: a run whose chunk lease another run holds now is stale (Redis stalled
+-- longer than the lease); its result is refused, the current holder's will come.
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[4] then return 0 end
 if redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SREM', KEYS[3], ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end

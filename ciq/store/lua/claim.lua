@@ -1,5 +1,5 @@
 -- Claim a commit: record it as seen, once, with its metadata and its place in history.
--- KEYS: commit hash, index, unsent, repos, broker queue (or ciq:none).
+-- KEYS: commit hash, index, unsent, repos, broker queue (or ciq:none), sent.
 -- ARGV: flat fields (JSON), now (µs), sha, member, rid, repo, message ('' for none).
 -- With a message (the broker is this same Redis) the claim and the broker message are
 -- one atomic step; without, the commit waits in the unsent set until the caller has
@@ -14,6 +14,8 @@ redis.call('ZADD', KEYS[2], string.format('%d', score), ARGV[3])
 redis.call('HSET', KEYS[4], ARGV[5], ARGV[6])
 if ARGV[7] ~= '' then
   redis.call('LPUSH', KEYS[5], ARGV[7])
+  redis.call('ZADD', KEYS[6], ARGV[2], ARGV[4])
+  redis.call('HSET', KEYS[1], 'queue', KEYS[5])
 else
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 end

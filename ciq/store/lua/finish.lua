@@ -1,5 +1,6 @@
 -- Store the final report of a commit, once (compare-and-set), and what follows from it.
--- KEYS: report, commit hash, started, index, branch state, events, due, lease.
+-- KEYS: report, commit hash, started, index, branch state, events, due, lease, holders,
+-- sent.
 -- ARGV: report meta (JSON), member, status, summary fields (a flat JSON list), branch,
 -- sha, event id, event (JSON), due (ms), score of a commit missing from the index (now,
 -- µs), finished_at, run id ('' for a merge of chunks). 1: stored; 0: a report was there
@@ -20,6 +21,8 @@ end
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
 redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
 redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[10], ARGV[2])
+redis.call('HDEL', KEYS[9], KEYS[8])
 if ARGV[5] == '' then return 1 end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[6]) or ARGV[10]
 local raw = redis.call('HGET', KEYS[5], ARGV[5])

@@ -1,3 +1,5 @@
--- Delete a lease (KEYS[1]), only while run ARGV[1] holds it.
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
+-- Delete a lease (KEYS[1]), only while run ARGV[1] holds it, with its entry in the
+-- holders hash (KEYS[2], optional).
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if KEYS[2] then redis.call('HDEL', KEYS[2], KEYS[1]) end
+return redis.call('DEL', KEYS[1])

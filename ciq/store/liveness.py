@@ -1,0 +1,89 @@
+"""Leases tied to their holders' lives, and commits that went to the broker but never
+reached a run.
+
+A lease expires when its heartbeat stops: that catches a host that vanished silently,
+but costs a whole lease lifetime. A worker process that dies on a live host says so at
+once: the kernel closes its sockets and Redis drops its connections. Every connection
+of a worker process carries the process's name (``CLIENT SETNAME``, see
+:func:`.client.process_name`), each lease taken records its holder's name in the
+holders hash (``lua/acquire.lua``), and the watcher (one worker of the cluster at a
+time, :mod:`ciq.worker.liveness`) frees a lease whose holder has no connection left, so
+the reconciler sends its commit again within a fraction of a second.
+
+Right after a restart or a failover no process is connected yet: each reconnects at its
+next renewal. So the watcher judges nobody for a lease lifetime after it sees a Redis
+take over from the one it saw before (another ``run_id`` than the one kept in
+``ciq:liveness``, which a restart with persistence or a replica carries over).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from . import keys
+from .scripts import DEAD, RELEASE, RENEW, register
+from .store import Store
+
+
+class Liveness:
+    """The watcher's side: who holds what, and who is still connected."""
+
+    def __init__(self, store: Store, lease_ttl: float) -> None:
+        self.client: Any = store.client
+        self.lease_ttl = lease_ttl
+        self._dead = register(self.client, DEAD)
+        self._renew = register(self.client, RENEW)
+        self._release = register(self.client, RELEASE)
+
+    def free_dead(self) -> list[str]:
+        """Free the leases whose holder has no connection left; the lease keys freed."""
+        holders: dict[str, str] = self.client.hgetall(keys.HOLDERS)
+        if not holders:
+            return []
+        # Whether this Redis is new is asked whenever there are holders, so that it is
+        # known before the first death (not discovered then, a lease lifetime late).
+        pipe = self.client.pipeline(transaction=False)
+        pipe.client_list(_type="normal")
+        pipe.info("server")
+        clients, server = pipe.execute()
+        if self._settling(server["run_id"]):
+            return []
+        live = {c.get("name", "") for c in clients}
+        dead = {k: v for k, v in holders.items() if v.partition(" ")[2] not in live}
+        return [key for key, entry in dead.items()
+                if self._dead(keys=[key, keys.HOLDERS], args=[entry, entry.partition(" ")[0]])]
+
+    def _settling(self, server: str) -> bool:
+        """Whether this Redis (its ``run_id``) took over from another one the watchers
+        saw (a restart with persistence, or a failover's new master) less than a lease
+        lifetime ago: the holders' processes may not have reconnected yet. A Redis with
+        no such record (new, or restarted empty) has no older holders to misjudge."""
+        seen, since = self.client.hmget(keys.LIVENESS, "server", "since")
+        now = time.time()
+        if seen == server:
+            return now - float(since or 0) < self.lease_ttl
+        self.client.hset(keys.LIVENESS, mapping={"server": server,
+                                                 "since": now if seen else 0})
+        return seen is not None
+
+    # -- who watches ----------------------------------------------------------------------
+
+    def watch(self, client: Any, ttl: float) -> bool:
+        """Whether the caller watches now: it holds the watcher's lock (taken, kept, or
+        taken over from a watcher whose connection is gone). ``client`` must be a
+        single-connection client: the lock names that connection's id, so that others
+        can tell at once that its process died."""
+        name = client.connection_pool.connection_kwargs.get("client_name") or ""
+        me = f"{client.client_id()} {name}"
+        key = keys.lock("watcher")
+        if self._renew(keys=[key], args=[me, int(ttl * 1000), "1"], client=client):
+            return True
+        holder = client.get(key)
+        if holder is None:
+            return False
+        held_by = holder.partition(" ")[0]
+        if not held_by.isdigit() or not client.client_list(client_id=[held_by]):
+            self._release(keys=[key], args=[holder], client=client)  # it died: take over
+            return bool(self._renew(keys=[key], args=[me, int(ttl * 1000), "1"], client=client))
+        return False
