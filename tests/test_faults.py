@@ -392,22 +392,26 @@ def test_lives_a_while():
 def test_a_redis_stall_longer_than_the_lease_never_gives_two_live_runs(
     own_redis, worker, make_repo, tmp_path: Path
 ):
-    # Given two workers with a 2 s lease, and a commit whose test lives 12 s, logging
+    # Given two workers with a 2 s lease, and a commit whose test lives 16 s, logging
     # that it is alive every 0.1 s
     settings = settings_for(own_redis.url, tmp_path / "data")
     log = tmp_path / "shared" / "alive"
-    repo = make_repo({"tests/test_alive.py": ALIVE_TEST.format(log=str(log), seconds=12)})
+    repo = make_repo({"tests/test_alive.py": ALIVE_TEST.format(log=str(log), seconds=16)})
+    # (one attempt allowed: a run that lost its lease to a stall is no death, so a stall
+    # must never end in "gave up after 1 attempts")
     env = {"CIQ_BROKER_URL": own_redis.url, "CIQ_RESULT_BACKEND": own_redis.url,
-           "CIQ_LEASE_TTL": "2", "CIQ_RECONCILE_INTERVAL": "0.5"}
+           "CIQ_LEASE_TTL": "2", "CIQ_RECONCILE_INTERVAL": "0.5", "CIQ_MAX_ATTEMPTS": "1"}
     worker("w1", data_dir=tmp_path / "h1", **env)
     worker("w2", data_dir=tmp_path / "h2", **env)
     assert run_ciq(settings, "enqueue", str(repo.path)).returncode == 0
     wait_for(lambda: log.exists() and log.read_text().count("\n") >= 5, 60, "the run")
-    # When Redis stalls for twice the lease's lifetime in the middle of the run
+    # When Redis stalls twice for twice the lease's lifetime in the middle of the run
     assert own_redis.proc is not None
-    os.kill(own_redis.proc.pid, signal.SIGSTOP)
-    time.sleep(4)
-    os.kill(own_redis.proc.pid, signal.SIGCONT)
+    for _ in range(2):
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        time.sleep(4)
+        os.kill(own_redis.proc.pid, signal.SIGCONT)
+        time.sleep(1)
     # Then the commit gets one passed report, and no two runs were ever alive at once
     store = Store.from_url(own_redis.url)
     report = wait_report(store, str(repo.path), repo.head(), timeout=90)

@@ -5,8 +5,11 @@ master (and replica) watched by a real ``redis-server --sentinel``, with real wo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,17 @@ from ciq.settings import Settings
 from ciq.store import Store, keys
 from ciq.urls import SentinelURL
 
-from .helpers import PASSING, REDIS_MISSING, RedisServer, free_port, run_ciq, wait_for, wait_report
+from .helpers import (
+    PASSING,
+    REDIS_MISSING,
+    RedisServer,
+    free_port,
+    marker_test,
+    run_ciq,
+    runs_in,
+    wait_for,
+    wait_report,
+)
 
 MASTER = "ciqmaster"
 
@@ -262,4 +275,33 @@ def test_a_failover_loses_no_report_and_the_worker_follows_the_new_master(
     report = run_ciq(s, "report", name, first, "--json")
     assert report.returncode == 0, report.stderr
     assert json.loads(report.stdout)["status"] == "passed"
+    store.client.close()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_rerun_at_once_through_sentinel(
+    sentinel_setup, worker, make_repo, settings: Settings, tmp_path: Path
+):
+    # Given two workers that know only the sentinel, a 10 s lease, and a commit whose
+    # first run sleeps a minute
+    url = sentinel_setup().url
+    s = sentinel_settings(url, settings)
+    env = {"CIQ_BROKER_URL": url, "CIQ_RESULT_BACKEND": url, "CIQ_LEASE_TTL": "10"}
+    marker = tmp_path / "shared" / "marker"
+    repo = make_repo({"tests/test_slow.py": marker_test(marker, sleep_first=60)})
+    first = worker("w1", data_dir=tmp_path / "h1", **env)
+    assert run_ciq(s, "enqueue", str(repo.path)).returncode == 0
+    sha = repo.head()
+    wait_for(lambda: runs_in(marker), 60, "the first run")
+    worker("w2", data_dir=tmp_path / "h2", **env)
+    store = Store.from_url(url)
+    # When the first worker dies whole
+    killed = time.monotonic()
+    os.killpg(first.pid, signal.SIGKILL)
+    # Then the rerun takes the lease within a second or two, not when it expires
+    wait_for(lambda: store.commit(str(repo.path), sha).get("attempts") == "2", 10,
+             "the rerun's lease")
+    took = time.monotonic() - killed
+    assert took < 2.0, f"the rerun took the lease {took:.2f} s after the kill"
+    assert wait_report(store, str(repo.path), sha, timeout=60).status == "passed"
     store.client.close()

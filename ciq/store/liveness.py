@@ -50,9 +50,14 @@ class Liveness:
         if self._settling(server["run_id"]):
             return []
         live = {c.get("name", "") for c in clients}
-        dead = {k: v for k, v in holders.items() if v.partition(" ")[2] not in live}
-        return [key for key, entry in dead.items()
-                if self._dead(keys=[key, keys.HOLDERS], args=[entry, entry.partition(" ")[0]])]
+        dead = {k: v for k, v in holders.items() if _holder_name(v) not in live}
+        freed = []
+        for key, entry in dead.items():
+            run_id, _name, counter, field = (entry.split(" ") + ["", "", "", ""])[:4]
+            if self._dead(keys=[key, keys.HOLDERS, counter or keys.NONE],
+                          args=[entry, run_id, field or "deaths"]):
+                freed.append(key)
+        return freed
 
     def _settling(self, server: str) -> bool:
         """Whether this Redis (its ``run_id``) took over from another one the watchers
@@ -87,3 +92,9 @@ class Liveness:
             self._release(keys=[key], args=[holder], client=client)  # it died: take over
             return bool(self._renew(keys=[key], args=[me, int(ttl * 1000), "1"], client=client))
         return False
+
+
+def _holder_name(entry: str) -> str:
+    """The connection name in a holders entry: "run id, name, counter hash, field"."""
+    parts = entry.split(" ")
+    return parts[1] if len(parts) > 1 else ""

@@ -126,22 +126,21 @@ class Store:
     def release(self, repo: str, sha: str, run_id: str) -> None:
         self._release(keys=[keys.lease(keys.repo_id(repo), sha), keys.HOLDERS], args=[run_id])
 
-    def count_yield(self, repo: str, sha: str, chunk: int | None = None) -> None:
-        """A run of the commit (or of its chunk) stopped alive, having lost its lease (a
-        Redis stall): not a death, so it must not count towards giving up on it."""
+    def release_dead(self, repo: str, sha: str, run_id: str) -> None:
+        """Free the lease of a run whose process is gone for sure, counting the death."""
         rid = keys.repo_id(repo)
-        if chunk is None:
-            self.client.hincrby(keys.commit(rid, sha), "yielded", 1)
-        else:
-            self.client.hincrby(keys.plan(rid, sha), f"y:{chunk}", 1)
+        self._release(keys=[keys.lease(rid, sha), keys.HOLDERS, keys.commit(rid, sha)],
+                      args=[run_id, "deaths"])
 
-    def yields(self, repo: str, sha: str, chunk: int | None = None) -> int:
-        """How many runs of the commit (or chunk) stopped alive (:meth:`count_yield`)."""
+    def deaths(self, repo: str, sha: str, chunk: int | None = None) -> int:
+        """How many runs of the commit (or of its chunk) ended with their worker process
+        dying (seen by the watcher or the sweeper); runs that lost their lease to a
+        Redis stall and stopped do not count."""
         rid = keys.repo_id(repo)
         if chunk is None:
-            raw = self.client.hget(keys.commit(rid, sha), "yielded")
+            raw = self.client.hget(keys.commit(rid, sha), "deaths")
         else:
-            raw = self.client.hget(keys.plan(rid, sha), f"y:{chunk}")
+            raw = self.client.hget(keys.plan(rid, sha), f"d:{chunk}")
         return int(raw or 0)
 
     def lease_holder(self, repo: str, sha: str) -> str | None:

@@ -118,7 +118,7 @@ class _Attempt:
             self.plan = patiently(self.tag, lambda: shards.plan(self.repo, sha))
             if self.plan is None or self.lease.chunk >= len(self.plan.chunks):
                 return "stood down"
-        if self.number > a.settings.max_attempts and self._deaths() >= a.settings.max_attempts:
+        if self.number > a.settings.max_attempts and self._poisoned():
             report = self._gave_up()
         else:
             heartbeat = Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl)
@@ -128,7 +128,6 @@ class _Attempt:
             if heartbeat.is_lost():  # a stale run: another may hold the commit now
                 logger.warning("%s: lost the lease of %s; dropping its report (%s)",
                                self.tag, self.lease.what, report.status)
-                self._yielded()
                 return "dropped: lease lost"
         return self._store(report)
 
@@ -224,29 +223,32 @@ class _Attempt:
 
     # -- storing what it found ----------------------------------------------------------
 
-    def _deaths(self) -> int:
-        """Earlier runs that ended with their worker dying: those that lost their lease
-        and stopped (a Redis stall, a false alarm of the watcher) do not count."""
-        store, chunk = self.a.store, self.lease.chunk
-        return self.number - 1 - patiently(self.tag, lambda: store.yields(self.repo, self.sha,
-                                                                          chunk))
+    def _poisoned(self) -> bool:
+        """Whether to give up: ``max_attempts`` runs ended with their worker process
+        dying, or (a bound for deaths nobody saw, such as hosts that vanished) three
+        times as many runs were made."""
+        s = self.a.settings
+        return self._deaths() >= s.max_attempts or self.number > 3 * s.max_attempts
 
-    def _yielded(self) -> None:
-        try:
-            self.a.store.count_yield(self.repo, self.sha, self.lease.chunk)
-        except redis.RedisError as exc:  # only the poison count is off by one
-            logger.warning("%s: could not count the lost lease: %s", self.tag, exc)
+    def _deaths(self) -> int:
+        store, chunk = self.a.store, self.lease.chunk
+        return patiently(self.tag, lambda: store.deaths(self.repo, self.sha, chunk))
 
     def _gave_up(self) -> Report:
         """The `error` report of a commit (or chunk) whose runs kept killing their worker."""
         what = f"chunk {self.lease.chunk + 1}: " if self.lease.chunk is not None else ""
-        attempts = self._deaths()
+        attempts = self.number - 1
+        deaths = min(self._deaths(), attempts)
+        why = (f"gave up after {attempts} attempts: every run ended with its worker process "
+               "dying (does a test kill its parent process?)") if deaths >= attempts else (
+               f"gave up after {attempts} attempts, {deaths} of them ending with their worker "
+               "process dying; the others lost their lease (worker hosts lost, or Redis "
+               "unreachable for longer than CIQ_LEASE_TTL)")
         return Report(
             repo=self.repo, commit=self.sha, branch=self.branch, status="error",
             worker=self.worker, attempts=attempts, run_id=self.run_id, started_at=utcnow(),
             finished_at=utcnow(),
-            message=f"{what}gave up after {attempts} attempts: every run ended with its "
-            "worker process dying (does a test kill its parent process?)",
+            message=f"{what}{why}",
         )  # fmt: skip
 
     def _store(self, report: Report) -> str:
@@ -257,7 +259,6 @@ class _Attempt:
         if not patiently(self.tag, lambda: outbox.deliver(a.store, saved, report)):
             logger.warning("%s: %s was reported meanwhile, or another run holds it; "
                            "dropping this report", self.tag, sha[:12])
-            self._yielded()
             return "dropped: reported meanwhile"
         logger.info("%s: %s %s (%d tests, %.2fs)", self.tag, sha[:12], report.status,
                     report.summary.total, report.duration)

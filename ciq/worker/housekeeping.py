@@ -77,7 +77,7 @@ class Housekeeping(bootsteps.StartStopStep):
             for dead in sweep_stale_runs(settings.data_dir, os.uname().nodename):
                 # Its process is gone for sure: free the lease now (only if that run
                 # still holds it) so the rerun need not wait for the expiry.
-                store.release(dead.repo, dead.sha, dead.run_id)
+                store.release_dead(dead.repo, dead.sha, dead.run_id)
 
         def reconciler() -> None:
             if store.try_lock("reconciler", settings.reconcile_interval * 0.9):
