@@ -27,11 +27,30 @@ name, ``CIQ_LEASE_TTL=5``, ``CIQ_RECONCILE_INTERVAL=1``, ``CIQ_MAX_ATTEMPTS=5``)
   meanwhile); once it stops Redis (SIGTERM: with AOF nothing is lost), waits 3 s and
   starts it again on the same port and folder. Workers and observers are never restarted
   because of the Redis outage: they must reconnect by themselves.
+* New faults, drawn from the same generator at random moments of the push window (one
+  of each kind per 30 s of it, three kills at pickup per 60 s; at least one each):
+  - Redis stalls: SIGSTOP to the redis-server for twice the lease TTL (10 s), then
+    SIGCONT. Every lease expires meanwhile; no process is restarted.
+  - kills at pickup, between a worker receiving a message and taking its lease: the next
+    commit pushed is watched (every ~1 ms) until the observer claims it, which puts its
+    message on the broker queue, and at that instant a worker that holds no lease (an
+    idle one, which is what picks the message up) gets SIGKILL on its whole session, and
+    is restarted as above. Where the commit was at the kill is recorded: still queued,
+    taken off the queue but not leased (the window aimed at), or leased already.
+  - messages lost from the broker: LREM of the queued message of a pushed commit not
+    run yet from the broker's list, as if the broker had lost it (tried for up to 30 s:
+    a message stays queued only while every worker is busy). ciq must send such a
+    commit again (sent, neither leased nor reported nor queued for a few seconds).
+  The new faults wait for their moment in threads of their own (they and the schedule's
+  other events stay on time, even while one waits for a stalled Redis); for each kill
+  at pickup and each drop, how long until the commit ran again is shown above the
+  final line.
 * Then the script waits for quiet: every pushed commit has a final report, or a time-out
-  (240 s).
+  (180 s, so that a run that loses commits still ends within about five minutes).
 
 Figures (final line ``chaos: pushed N, reports R, lost L, overlapping duplicates D, max
-recovery X.Xs, attempts {...}``):
+recovery X.Xs, attempts {...}, new faults {...}``, the last the count of each new fault
+injected):
 
 * lost: pushed commits without a final report at the end;
 * overlapping duplicates: pairs of executions of the same commit whose [start, end]
@@ -39,10 +58,11 @@ recovery X.Xs, attempts {...}``):
   its last known instant (a test that never logged its end counts until its start only,
   so an overlap counted is certain; overlaps that a killed test *may* have had are listed
   as "possible" and not counted);
-* recovery: for each worker SIGKILL that interrupted a run — the worker held a commit's
-  lease (``ciq:lease:*`` whose run id is the one in the commit's ``ciq:commit:*`` hash
-  with the victim's name in ``worker``, read just before the kill) and the final report
-  is not that run's — seconds from the kill until that commit's next execution starts;
+* recovery: for each worker SIGKILL (a kill at pickup included) that interrupted a run —
+  the worker held a commit's lease (``ciq:lease:*`` whose run id is the one in the
+  commit's ``ciq:commit:*`` hash with the victim's name in ``worker``, read just before
+  the kill; just after it for a kill at pickup) and the final report is not that
+  run's — seconds from the kill until that commit's next execution starts;
 * attempts: histogram of ``attempts`` over the final reports.
 
 To explain a slow recovery, each one is broken down: when a worker's reconciler logged
@@ -51,7 +71,8 @@ queue then (sampled every 0.5 s), and when the run that made the final report to
 lease. Warnings, errors and tracebacks of every log are counted by kind at the end.
 
 Targets: 0 lost, 0 overlapping duplicates, every recovery under 10 s (the exit status is
-0 only then). ``--quick`` pushes 16 commits over 20 s (so fewer kills), for a smoke test.
+0 only then). ``--quick`` pushes 16 commits over 20 s (so fewer kills, one new fault of
+each kind), for a smoke test.
 Raw data go to ``bench/results/chaos.json`` and the processes' logs to
 ``bench/results/chaos-logs/``. Every process started here is stopped by pid in a
 ``finally`` block and the temporary directory removed. Another load on the machine (a
@@ -83,7 +104,9 @@ from harness import kill_leftovers, stop_process
 
 from ciq.gitrepo import normalise_repo
 from ciq.store import Store
+from ciq.store.keys import commit as commit_key
 from ciq.store.keys import repo_id, task_id
+from ciq.store.keys import report as report_key
 
 WORKERS = ("chaos1", "chaos2", "chaos3")
 REPOS = ("alpha", "beta")
@@ -95,7 +118,14 @@ KILL_EVERY = (3.0, 6.0)  # seconds between two worker kills
 OBSERVER_KILLS = 2
 OBSERVER_DOWN = (1.0, 3.0)  # seconds the observers stay dead
 REDIS_DOWN = 3.0  # seconds Redis stays stopped
-QUIET_TIMEOUT = 240.0
+REDIS_STALL = 2 * float(WORKER_ENV["CIQ_LEASE_TTL"])  # seconds Redis stays frozen: > a lease
+STALL_EVERY = 30.0  # seconds of push window per Redis stall
+PICKUP_KILL_EVERY = 20.0  # seconds of push window per kill at pickup
+DROP_EVERY = 30.0  # seconds of push window per message dropped from the broker
+PICKUP_WAIT = 20.0  # seconds a kill at pickup waits for a push with an idle worker
+DROP_WAIT = 30.0  # seconds a drop waits for a queued message (all workers busy)
+QUEUE = "ciq"  # the broker's list of the workers' queue
+QUIET_TIMEOUT = 180.0
 RECOVERY_TARGET = 10.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -199,6 +229,7 @@ class World:
         self.repos = {name: self._repo(name) for name in REPOS}
         self.observers = {name: self._observer(repo) for name, repo in self.repos.items()}
         self.numbers: dict[tuple[str, str], str] = {}  # (repo key, sha) -> "alpha #7"
+        self.pushed: list[tuple[str, str]] = []  # (repo key, sha), in push order
 
     # Redis ------------------------------------------------------------------------------
 
@@ -288,6 +319,7 @@ class World:
         git(repo.clone, "push", "-q", "origin", "main")
         sha = git(repo.clone, "rev-parse", "HEAD")
         self.numbers[(repo.key, sha)] = f"{repo.name} #{number}"
+        self.pushed.append((repo.key, sha))
         return sha
 
     # Shutting down --------------------------------------------------------------------------
@@ -352,7 +384,7 @@ def sleeps(rng: random.Random) -> list[float]:
 @dataclass(order=True)
 class Event:
     at: float  # seconds after the pushes start
-    kind: str  # "worker", "observers" or "redis"
+    kind: str  # "worker", "observers", "redis", "redis-stall", "pickup-kill" or "drop"
     target: str = ""
     how: str = ""
 
@@ -369,6 +401,10 @@ def schedule(rng: random.Random, duration: float) -> list[Event]:
         events.append(Event(rng.uniform(lo, hi) * duration, "observers",
                             how=f"{rng.uniform(*OBSERVER_DOWN):.2f}"))
     events.append(Event(rng.uniform(0.35, 0.65) * duration, "redis"))
+    for kind, every in (("redis-stall", STALL_EVERY), ("pickup-kill", PICKUP_KILL_EVERY),
+                        ("drop", DROP_EVERY)):
+        for _ in range(max(1, round(duration / every))):
+            events.append(Event(rng.uniform(0.1, 0.9) * duration, kind, rng.choice(WORKERS)))
     return sorted(events)
 
 
@@ -381,21 +417,51 @@ class Chaos(threading.Thread):
         self.stop = threading.Event()
         self.log: list[dict] = []
         self.restarters: list[threading.Thread] = []
+        # The new faults wait for their moment (up to 30 s) in threads of their own,
+        # so that the schedule's other events stay on time, and these stay on theirs
+        # while an event of the schedule waits for a stalled Redis.
+        self.faulters: list[threading.Thread] = []
+        self.kill_lock = threading.Lock()  # one victim chosen and killed at a time
+        self.redis_lock = threading.Lock()  # a stall and a restart never overlap
 
     def run(self) -> None:
+        handlers = {"worker": self.kill_worker, "observers": self.kill_observers,
+                    "redis": self.restart_redis, "redis-stall": self.stall_redis,
+                    "pickup-kill": self.kill_at_pickup, "drop": self.drop_message}
+        own = ("redis-stall", "pickup-kill", "drop")
         for ev in self.events:
-            if self.stop.wait(max(0.0, T0 + ev.at - time.time())):
-                return
-            try:
-                {"worker": self.kill_worker, "observers": self.kill_observers,
-                 "redis": self.restart_redis}[ev.kind](ev)
-            except Exception as exc:  # keep the chaos going; report the failure
-                say(f"chaos: {ev.kind} event failed: {exc!r}")
-                self.log.append({"kind": ev.kind, "at": time.time(), "error": repr(exc)})
+            if ev.kind in own:
+                t = threading.Thread(target=self.guarded, args=(handlers[ev.kind], ev),
+                                     name=ev.kind, daemon=True)
+                self.faulters.append(t)
+                t.start()
+        try:
+            for ev in self.events:
+                if ev.kind not in own:
+                    self.guarded(handlers[ev.kind], ev)
+                if self.stop.is_set():
+                    return
+        finally:
+            for t in self.faulters:
+                t.join()
+
+    def guarded(self, handler, ev: Event) -> None:
+        """Run ``handler`` at the event's time; a failure is logged, the chaos goes on."""
+        if self.stop.wait(max(0.0, T0 + ev.at - time.time())):
+            return
+        try:
+            handler(ev)
+        except Exception as exc:  # keep the chaos going; report the failure
+            say(f"chaos: {ev.kind} event failed: {exc!r}")
+            self.log.append({"kind": ev.kind, "at": time.time(), "error": repr(exc)})
 
     # Workers ----------------------------------------------------------------------------
 
     def kill_worker(self, ev: Event) -> None:
+        with self.kill_lock:
+            self._kill_worker(ev)
+
+    def _kill_worker(self, ev: Event) -> None:
         up = [n for n in WORKERS if self.world.workers[n].up]
         if not up:
             say(f"chaos: no worker up to {ev.how}; skipped")
@@ -463,6 +529,10 @@ class Chaos(threading.Thread):
     # Redis --------------------------------------------------------------------------------
 
     def restart_redis(self, ev: Event) -> None:
+        with self.redis_lock:
+            self._restart_redis()
+
+    def _restart_redis(self) -> None:
         stopped_at = time.time()
         self.world.stop_redis()
         say(f"chaos: redis-server stopped (SIGTERM); start again in {REDIS_DOWN:g}s")
@@ -470,6 +540,134 @@ class Chaos(threading.Thread):
         self.world.start_redis()
         self.log.append({"kind": "redis", "at": stopped_at, "restarted_at": time.time()})
         say("chaos: redis-server up again (same port, same AOF)")
+
+    def stall_redis(self, ev: Event) -> None:
+        """Freeze redis-server longer than a lease lives: every lease expires at once."""
+        with self.redis_lock:
+            assert self.world.redis is not None
+            pid = self.world.redis.pid
+            os.kill(pid, signal.SIGSTOP)
+            stalled_at = time.time()
+            say(f"chaos: redis-server stalled (SIGSTOP) for {REDIS_STALL:g}s")
+            try:
+                self.stop.wait(REDIS_STALL)
+            finally:
+                os.kill(pid, signal.SIGCONT)
+        self.log.append({"kind": "redis-stall", "at": stalled_at, "resumed_at": time.time()})
+        say("chaos: redis-server resumed (SIGCONT)")
+
+    # New commits: between the broker and the lease ----------------------------------------
+
+    def kill_at_pickup(self, ev: Event) -> None:
+        """SIGKILL an idle worker the instant the next commit pushed is claimed (its
+        message goes on the queue in the same step): the worker picking it up may die
+        between receiving the message and taking the lease."""
+        world, store = self.world, self.world.store
+        seen, deadline = len(world.pushed), time.monotonic() + PICKUP_WAIT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            if len(world.pushed) <= seen:
+                time.sleep(0.005)
+                continue
+            repo, sha = world.pushed[seen]
+            seen += 1
+            busy = busy_workers(store)
+            idle = [n for n in WORKERS if world.workers[n].up and n not in (busy or WORKERS)]
+            if not idle:
+                continue  # every worker busy (or Redis unreadable): the next push
+            key = commit_key(repo_id(repo), sha)
+            try:
+                claimed = wait_for(lambda k=key: store.client.exists(k), 5.0, 0.001)
+            except redis.RedisError:  # Redis restarting: the next push
+                continue
+            if not claimed:
+                continue
+            with self.kill_lock:
+                idle = [n for n in idle if world.workers[n].up]  # not killed meanwhile
+                if not idle:
+                    continue
+                name = next(n for n in (WORKERS * 2)[WORKERS.index(ev.target):] if n in idle)
+                w = world.workers[name]
+                assert w.proc is not None
+                killed_at = time.time()
+                os.killpg(w.proc.pid, signal.SIGKILL)
+                w.up = False
+            where = pickup_state(store, repo, sha, name)
+            held = where.pop("held")
+            record = {"kind": "worker", "worker": name, "signal": "SIGKILL", "at": killed_at,
+                      "held": held, "log": str(w.logs[-1].name), "fault": "pickup",
+                      "repo": repo, "sha": sha, **where}
+            self.log.append(record)
+            say(f"chaos: SIGKILL {name} at the pickup of {world.numbers[(repo, sha)]} "
+                f"({where['state']})")
+            t = threading.Thread(target=self._restart_worker, args=(w, record), daemon=True)
+            self.restarters.append(t)
+            t.start()
+            return
+        say("chaos: no push with an idle worker for the kill at pickup; skipped")
+        self.log.append({"kind": "pickup-kill", "at": time.time(), "skipped": True})
+
+    def drop_message(self, ev: Event) -> None:
+        """Remove one queued message of a pushed commit from the broker's list (LREM), as
+        if the broker had lost it."""
+        world, client = self.world, self.world.store.client
+        deadline = time.monotonic() + DROP_WAIT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            tids = {task_id(repo, sha): (repo, sha) for repo, sha in list(world.pushed)}
+            try:
+                for message in client.lrange(QUEUE, 0, -1):
+                    tid = next((t for t in tids if t in message), None)
+                    if tid is None:
+                        continue
+                    repo, sha = tids[tid]
+                    # Only the message of a commit not run yet: a second message of one
+                    # (a re-send) is lost harmlessly.
+                    if client.hget(commit_key(repo_id(repo), sha), "run_id") or \
+                            client.exists(report_key(repo, sha)):
+                        continue
+                    if not client.lrem(QUEUE, 1, message):
+                        continue  # a worker took it meanwhile
+                    self.log.append({"kind": "drop", "at": time.time(), "repo": repo,
+                                     "sha": sha, "queued": client.llen(QUEUE)})
+                    say(f"chaos: dropped the queued message of {world.numbers[(repo, sha)]} "
+                        f"(LREM)")
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.005)
+        say("chaos: no queued message to drop; skipped")
+        self.log.append({"kind": "drop", "at": time.time(), "skipped": True})
+
+
+def busy_workers(store: Store) -> set[str] | None:
+    """Workers (names) whose run holds a live lease; None when Redis cannot be read."""
+    try:
+        busy = set()
+        for key in store.client.scan_iter("ciq:lease:*", count=1000):
+            _, _, rid, sha = key.split(":")
+            meta = store.client.hgetall(f"ciq:commit:{rid}:{sha}")
+            if meta.get("run_id") and meta.get("run_id") == store.client.get(key):
+                busy.add(meta.get("worker", "").split("@")[0])
+        return busy
+    except redis.RedisError:
+        return None
+
+
+def pickup_state(store: Store, repo: str, sha: str, victim: str) -> dict:
+    """Where a commit was when ``victim`` was killed at its pickup: ``state`` and, in
+    ``held``, its lease if the victim had taken it (then it counts as a recovery)."""
+    try:
+        meta = store.commit(repo, sha)
+        queued = any(task_id(repo, sha) in m for m in store.client.lrange(QUEUE, 0, -1))
+    except redis.RedisError as exc:
+        return {"state": f"unknown ({exc!r})", "held": None}
+    worker = meta.get("worker", "")
+    if meta.get("run_id") and worker.startswith(f"{victim}@"):
+        return {"state": "leased by the victim", "held": [{
+            "repo": repo, "sha": sha, "run_id": meta["run_id"],
+            "attempts": int(meta.get("attempts") or 0)}]}
+    if meta.get("run_id"):
+        return {"state": f"leased by {worker}", "held": []}
+    return {"state": "still queued" if queued else "off the queue, not leased", "held": []}
 
 
 def runs_held_by(store: Store, worker: str, since: float) -> list[dict] | None:
@@ -741,6 +939,40 @@ def lost_state(world: World, c: dict) -> dict:
         return {"error": repr(exc)}
 
 
+def new_faults(log: list[dict], pushed: list[dict], reports: dict[int, object],
+               executions: list[Execution]) -> tuple[list[dict], dict[str, int]]:
+    """Each kill at pickup and dropped message with what became of its commit, and how
+    many of each new fault were injected."""
+    by_key = {(c["repo"], c["sha"]): c for c in pushed}
+    rows: list[dict] = []
+    counts: Counter[str] = Counter()
+    for e in log:
+        new = e["kind"] in ("redis-stall", "pickup-kill", "drop")
+        if new and (e.get("skipped") or e.get("error")):
+            counts[f"{e['kind']} {'skipped' if e.get('skipped') else 'failed'}"] += 1
+            continue
+        if e["kind"] == "redis-stall":
+            counts["redis stall"] += 1
+            continue
+        fault = "kill at pickup" if e.get("fault") == "pickup" else (
+            "message dropped" if e["kind"] == "drop" else None)
+        if fault is None:
+            continue
+        counts[fault] += 1
+        if e.get("state") == "off the queue, not leased":  # the window aimed at
+            counts["kill at pickup, message taken, not leased"] += 1
+        c = by_key[(e["repo"], e["sha"])]
+        report = reports.get(c["number"])
+        later = [ex.first for ex in executions if ex.repo == c["repo_name"]
+                 and ex.number == c["number"] and ex.first > e["at"]]
+        rows.append({"fault": fault, "at": e["at"], "worker": e.get("worker"),
+                     "state": e.get("state"), "repo_name": c["repo_name"],
+                     "number": c["number"], "reported": report is not None,
+                     "attempts": getattr(report, "attempts", None),
+                     "ran_again_after": min(later) - e["at"] if later else None})
+    return rows, dict(counts)
+
+
 def analyse(world: World, pushed: list[dict], reports: dict[int, object], chaos: Chaos,
             backlog: Backlog, quiet_at: float) -> dict:
     executions = read_executions(world.exec_log)
@@ -751,7 +983,10 @@ def analyse(world: World, pushed: list[dict], reports: dict[int, object], chaos:
                      backlog)
     lost = [c for c in pushed if c["number"] not in reports]
     per_commit = Counter((ex.repo, ex.number) for ex in executions)
+    faults, fault_counts = new_faults(chaos.log, pushed, reports, executions)
     return {
+        "new_faults": faults,
+        "new_fault_counts": fault_counts,
         "executions": [ex.__dict__ for ex in executions],
         "overlapping": certain,
         "possibly_overlapping": possible,
@@ -793,6 +1028,14 @@ def show(result: dict, problems: dict[str, dict[str, int]]) -> None:
             print(f"{head}{r['outcome']}")
     if not any("recovery" in r for r in result["recoveries"]):
         print("no worker SIGKILL interrupted a run (max recovery 0.0 means: none measured)")
+    for f in result["new_faults"]:
+        what = f"SIGKILL {f['worker']} at the pickup of" if f["fault"] == "kill at pickup" \
+            else "dropped the queued message of"
+        where = f" ({f['state']})" if f["state"] else ""
+        again = ("never ran again" if f["ran_again_after"] is None
+                 else f"ran again {f['ran_again_after']:.1f}s later")
+        print(f"  {what} {f['repo_name']} #{f['number']}{where}: {again}, "
+              + (f"reported (attempts {f['attempts']})" if f["reported"] else "NO report"))
     for c in result["lost"]:
         print(f"  LOST {c['repo_name']} #{c['number']} {c['sha'][:12]}: {c['redis']}")
     for p in result["overlapping"]:
@@ -875,7 +1118,8 @@ def main() -> int:
     lost, dups, worst = len(result["lost"]), len(result["overlapping"]), result["max_recovery"]
     print(f"raw data in {RESULTS / 'chaos.json'}, logs in {RESULTS / 'chaos-logs'}; seed {seed}")
     print(f"chaos: pushed {commits}, reports {len(reports)}, lost {lost}, overlapping "
-          f"duplicates {dups}, max recovery {worst:.1f}s, attempts {result['attempts']}")
+          f"duplicates {dups}, max recovery {worst:.1f}s, attempts {result['attempts']}, "
+          f"new faults {result['new_fault_counts']}")
     return 0 if lost == 0 and dups == 0 and worst < RECOVERY_TARGET else 1
 
 

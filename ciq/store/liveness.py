@@ -10,15 +10,16 @@ holders hash (``lua/acquire.lua``), and the watcher (one worker of the cluster a
 time, :mod:`ciq.worker.liveness`) frees a lease whose holder has no connection left, so
 the reconciler sends its commit again within a fraction of a second.
 
-Right after a restart or a failover no process is connected yet: each reconnects at its
-next renewal. So the watcher judges nobody for a lease lifetime after it sees a Redis
-take over from the one it saw before (another ``run_id`` than the one kept in
-``ciq:liveness``, which a restart with persistence or a replica carries over).
+Right after a restart or a failover no process is connected yet, and right after a
+stall the commands that timed out meanwhile have closed their connections: each process
+reconnects at its next renewal. So the watcher judges nobody for a lease lifetime after
+it sees a Redis take over from the one it saw before (another ``run_id`` than the one
+kept in ``ciq:liveness``, which a restart with persistence or a replica carries over),
+or after a gap in the watchers' looks (the time of the last look is kept there too).
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from . import keys
@@ -38,17 +39,19 @@ class Liveness:
 
     def free_dead(self) -> list[str]:
         """Free the leases whose holder has no connection left; the lease keys freed."""
-        holders: dict[str, str] = self.client.hgetall(keys.HOLDERS)
-        if not holders:
-            return []
-        # Whether this Redis is new is asked whenever there are holders, so that it is
-        # known before the first death (not discovered then, a lease lifetime late).
+        # One round trip on every look: the holders, the watchers' record, Redis's clock,
+        # and this look written down (a gap between looks is a stall: see _settling).
         pipe = self.client.pipeline(transaction=False)
-        pipe.client_list(_type="normal")
+        pipe.hgetall(keys.HOLDERS)
+        pipe.hmget(keys.LIVENESS, "server", "since", "looked")
+        pipe.time()
         pipe.info("server")
-        clients, server = pipe.execute()
-        if self._settling(server["run_id"]):
+        holders, record, (secs, micros), server = pipe.execute()
+        now = secs + micros / 1e6
+        self.client.hset(keys.LIVENESS, "looked", now)
+        if self._settling(server["run_id"], record, now) or not holders:
             return []
+        clients = self.client.client_list(_type="normal")
         live = {c.get("name", "") for c in clients}
         dead = {k: v for k, v in holders.items() if _holder_name(v) not in live}
         freed = []
@@ -59,18 +62,22 @@ class Liveness:
                 freed.append(key)
         return freed
 
-    def _settling(self, server: str) -> bool:
-        """Whether this Redis (its ``run_id``) took over from another one the watchers
-        saw (a restart with persistence, or a failover's new master) less than a lease
-        lifetime ago: the holders' processes may not have reconnected yet. A Redis with
-        no such record (new, or restarted empty) has no older holders to misjudge."""
-        seen, since = self.client.hmget(keys.LIVENESS, "server", "since")
-        now = time.time()
-        if seen == server:
+    def _settling(self, server: str, record: list[str | None], now: float) -> bool:
+        """Whether the holders' processes may have lost their connections without dying,
+        less than a lease lifetime ago: nobody is judged then. That is when this Redis
+        (its ``run_id``) took over from another one the watchers saw (a restart with
+        persistence, a failover's new master: everyone reconnects), and when no watcher
+        could look for a third of a lease lifetime (Redis stalled, and the commands in
+        flight meanwhile timed out and closed their connections). A Redis with no record
+        (new, or restarted empty) has no older holders to misjudge."""
+        seen, since, looked = record
+        gap = looked is not None and now - float(looked) > self.lease_ttl / 3
+        if seen == server and not gap:
             return now - float(since or 0) < self.lease_ttl
+        settle = seen is not None
         self.client.hset(keys.LIVENESS, mapping={"server": server,
-                                                 "since": now if seen else 0})
-        return seen is not None
+                                                 "since": now if settle else 0})
+        return settle
 
     # -- who watches ----------------------------------------------------------------------
 

@@ -120,8 +120,9 @@ class Store:
                   self.name]))
 
     def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
-        key = keys.lease(keys.repo_id(repo), sha)
-        return bool(self._renew(keys=[key], args=[run_id, int(ttl * 1000), "1"]))
+        rid = keys.repo_id(repo)
+        return bool(self._renew(keys=[keys.lease(rid, sha), keys.commit(rid, sha)],
+                                args=[run_id, int(ttl * 1000), "1"]))
 
     def release(self, repo: str, sha: str, run_id: str) -> None:
         self._release(keys=[keys.lease(keys.repo_id(repo), sha), keys.HOLDERS], args=[run_id])

@@ -2,13 +2,15 @@
 -- a lease that expired meanwhile (Redis stalled or restarted longer than its lifetime)
 -- is taken back when no other run took it: the run goes on, and a run that finds the
 -- lease in other hands (0) stops at once. That one step keeps two runs from ever going
--- on together, whatever Redis did in between.
+-- on together, whatever Redis did in between. KEYS[2] (optional): the commit's hash,
+-- which names the run that took the lease last; a run it does not name (another run
+-- took the commit while this one was away, and may even have reported it) never takes
+-- the lease back.
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-if not holder and ARGV[3] == '1' then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
+if holder or ARGV[3] ~= '1' then return 0 end
+if KEYS[2] and redis.call('HGET', KEYS[2], 'run_id') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
