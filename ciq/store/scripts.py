@@ -70,6 +70,7 @@ FINISH = Script.load("finish")
 ORPHAN = Script.load("orphan")
 SENT = Script.load("sent")
 DEAD = Script.load("dead")
+HOLD = Script.load("hold")
 # Sharded runs: plan, chunk leases and results, the reconciler's part, durations.
 PLAN = Script.load("plan")
 TAKE = Script.load("take")

@@ -30,6 +30,7 @@ from .scripts import (
     CHUNK_ORPHAN,
     CLEAN_PLAN,
     DURATIONS,
+    HOLD,
     PLAN,
     RELEASE,
     RENEW,
@@ -70,6 +71,7 @@ class Shards:
         self._release = register(client, RELEASE)
         self._clean = register(client, CLEAN_PLAN)
         self._durations = register(client, DURATIONS)
+        self._hold = register(client, HOLD)
 
     # -- what plans are made from -------------------------------------------------------
 
@@ -143,16 +145,29 @@ class Shards:
         rid = keys.repo_id(repo)
         return int(self._take(
             keys=[keys.chunk_lease(rid, sha, index), keys.report(repo, sha),
-                  keys.plan(rid, sha), keys.CHUNKS_STARTED, keys.lease(rid, sha)],
+                  keys.plan(rid, sha), keys.CHUNKS_STARTED, keys.lease(rid, sha),
+                  keys.HOLDERS],
             args=[run_id, int(self.lease_ttl * 1000), f"{keys.member(rid, sha)}:{index}",
-                  index, int(self.commit_ttl * 1000), keys.PLAN_HOLDER]))  # fmt: skip
+                  index, int(self.commit_ttl * 1000), keys.PLAN_HOLDER,
+                  self.store.name]))  # fmt: skip
+
+    def hold_first(self, repo: str, sha: str, run_id: str) -> None:
+        """Name the holder of chunk 0, which the planning run took with the plan, for
+        the watcher (:mod:`.liveness`)."""
+        if not self.store.name:
+            return
+        rid = keys.repo_id(repo)
+        lease = keys.chunk_lease(rid, sha, 0)
+        entry = f"{run_id} {self.store.name} {keys.plan(rid, sha)} d:0"
+        self._hold(keys=[lease, keys.HOLDERS], args=[run_id, entry])
 
     def renew(self, repo: str, sha: str, index: int, run_id: str) -> bool:
         key = keys.chunk_lease(keys.repo_id(repo), sha, index)
         return bool(self._renew(keys=[key], args=[run_id, int(self.lease_ttl * 1000)]))
 
     def release(self, repo: str, sha: str, index: int, run_id: str) -> None:
-        self._release(keys=[keys.chunk_lease(keys.repo_id(repo), sha, index)], args=[run_id])
+        self._release(keys=[keys.chunk_lease(keys.repo_id(repo), sha, index), keys.HOLDERS],
+                      args=[run_id])
 
     def done(self, repo: str, sha: str, index: int, report: Report, run_id: str) -> int:
         """Store chunk ``index``'s report, once: :data:`DROPPED` (a result is there, or
@@ -161,7 +176,8 @@ class Shards:
         rid = keys.repo_id(repo)
         result = json.dumps(ChunkResult(index, report).to_dict())
         return int(self._done(
-            keys=[keys.plan(rid, sha), keys.chunk_lease(rid, sha, index), keys.CHUNKS_STARTED],
+            keys=[keys.plan(rid, sha), keys.chunk_lease(rid, sha, index), keys.CHUNKS_STARTED,
+                  keys.HOLDERS],
             args=[index, result, f"{keys.member(rid, sha)}:{index}", run_id]))  # fmt: skip
 
     def finish(self, repo: str, sha: str, stop_reason: str | None = None,

@@ -209,6 +209,10 @@ class _Attempt:
         if not created:
             return None  # lost the lease meanwhile: the report will be dropped anyway
         self.plan = plan
+        try:
+            a.shards.hold_first(self.repo, self.sha, self.run_id)
+        except redis.RedisError as exc:  # then only its expiry frees chunk 0 if we die
+            logger.warning("%s: could not name the holder of chunk 1: %s", self.tag, exc)
         self.commit_lease, self.lease = self.lease, ChunkLease(
             a.shards, self.repo, self.sha, self.run_id, 0)
         logger.info("%s: %s sharded into %d chunks for %d processes", self.tag, self.sha[:12],

@@ -1,5 +1,5 @@
 -- Store the result of one chunk, once.
--- KEYS: plan, chunk lease, chunks started. ARGV: i, result (JSON), member:i, run id.
+-- KEYS: plan, chunk lease, chunks started, holders. ARGV: i, result (JSON), member:i, run id.
 -- 0: dropped (the plan is gone, the chunk has a result, or another run holds its
 -- lease); 1: stored; 2: stored, and it
 -- was the last one missing.
@@ -10,7 +10,10 @@ local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[4] then return 0 end
 if redis.call('HSETNX', KEYS[1], 'r:' .. ARGV[1], ARGV[2]) == 0 then return 0 end
 redis.call('SREM', KEYS[3], ARGV[3])
-if redis.call('GET', KEYS[2]) == ARGV[4] then redis.call('DEL', KEYS[2]) end
+if redis.call('GET', KEYS[2]) == ARGV[4] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HDEL', KEYS[4], KEYS[2])
+end
 local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
 if n >= tonumber(redis.call('HGET', KEYS[1], 'k')) then return 2 end
 return 1
