@@ -5,14 +5,17 @@ Run ``.venv/bin/python bench/sharding.py [--quick] [--repeat N]`` (``--quick``: 
 measured repetition, a smoke test, about 6 minutes; default N = 3, medians reported, about
 10 minutes: the sleeping alone is 34 s per unsharded run). ``--keep-logs DIR``
 copies the worker logs there before the temporary directory goes. Needs ``redis-server``
-and pytest-xdist (``pip install -e '.[bench]'``). Everything is private to the run: a
+and the package index (the suites' environment gets pytest-xdist from it, not from this
+virtualenv). Everything is private to the run: a
 redis-server on a free port of 127.0.0.1, ``celery -A ciq worker`` subprocesses
 configured only through ``CIQ_*`` variables, git repositories in a temporary directory;
 every process started here is stopped by pid in a ``finally`` block. Raw numbers go to
 ``bench/results/sharding.json``. Another load on the machine makes figures noisy: the
 load average before each configuration is printed and saved.
 
-Suites (two git repositories made here, a plain ``tests/`` folder, nothing to install):
+Suites (two git repositories made here, a plain ``tests/`` folder whose
+``tests/requirements.txt`` asks for pytest and pytest-xdist, so that ciq builds one cached
+environment with both, from the package index, at the first warm-up):
 
 * **sleep**: 40 tests in 8 files, 12 sleeping 2.0 s, 8 sleeping 1.0 s, 20 sleeping 0.1 s
   (34 s in all), dealt to the files in a fixed shuffled order. Sleeping tests measure the
@@ -30,19 +33,26 @@ Redis hash ``ciq:workers`` shows it with its processes (the planner sizes the ch
 that count), and its entry is deleted when it stops (otherwise it would count for
 another 15 s).
 
-Each measurement: a new commit (``bench_round.txt``), t0, ``Sender.submit`` (the
-Python API: no CLI start-up), poll Redis every 10 ms until the report is stored, t1.
-wall = t1 - t0. A report that did not pass is a failure of the benchmark. One warm-up
-commit per configuration and suite comes first, not measured: it records the durations
-the planner uses (every report does) and warms the new node's pool processes. Baselines,
-measured afterwards in a clean worktree of the last commit (a new one each time):
-``python -m pytest tests -q -p no:cacheprovider`` and the same with ``-n 2`` and ``-n 4``
-(pytest-xdist). Each figure is the median of N runs, except four that inform rather than
-decide a target, run N // 3 times (at least once) to keep to 10 minutes: the sleep suite
-unsharded and bare (34 s of sleep, the same every time), the cpu suite sharded-4 and
-``pytest -n 4``. Per run the JSON keeps the report's chunks (tests, seconds of their test
-phase, the planner's estimate of them) and, from the worker log, when each pool process
-ran which piece: the share of processes x wall they sat idle.
+Each measurement: a new commit (``bench_round.txt``), t0, ``Sender.submit`` (the Python
+API: no CLI start-up), poll Redis every 10 ms until the report is stored, t1; wall is
+t1 - t0. A report that did not pass is a failure of the benchmark. One warm-up commit per
+configuration and suite comes first, not measured: it records the durations the planner
+uses (every report does) and warms the new node's pool processes. Baselines, measured
+afterwards in a clean worktree of the last commit (a new one each time), with the
+interpreter of the cached environment the runs used (``CIQ_ENV_DIR/<the report's
+environment.key>/bin/python``, not this benchmark's own virtualenv, which holds far
+more): ``python -m pytest tests -q -p no:cacheprovider`` and the same with ``-n 2`` and
+``-n 4`` (pytest-xdist). After them, the overhead per phase of each configuration
+(medians): pickup (submitted to the lease taken), checkout, setup, collect, plan (the
+rest of the planning run), test (the test phase: one pytest, or the chunks from plan to
+merge) and report (made to seen stored), and wall and test phase against pytest alone in
+that environment and pytest-xdist on as many processes. Each figure is the median of N
+runs, except four that inform rather than decide a target, run N // 3 times (at least
+once) to keep to 10 minutes: the sleep suite unsharded and bare (34 s of sleep, the same
+every time), the cpu suite sharded-4 and ``pytest -n 4``. Per run the JSON keeps the
+report's chunks (tests, seconds of their test phase, the planner's estimate of them)
+and, from the worker log, when each pool process ran which piece: the share of processes
+x wall they sat idle.
 
 Before the cpu suite, two copies of the loop run at once in two processes: how much more
 work that gets done than by one copy alone is the ceiling of any 2-process speed-up on
@@ -119,6 +129,12 @@ XDIST = (2, 4)
 #: cpu suite on 4 processes of 2 cores.
 FEW = {"sleep": {"unsharded", "bare"}, "cpu": {"sharded-4", "xdist-4"}}
 
+#: What the suites' environment holds besides pytest: pytest-xdist, so that the baselines
+#: run in the very environment ciq built for the runs (ciq's runs load it too).
+SUITE_REQUIREMENTS = {"tests/requirements.txt": "pytest\npytest-xdist\n"}
+#: The phases of a run, as the overhead lines show them.
+PHASES = ("pickup", "checkout", "setup", "collect", "plan", "test", "report")
+
 BURN = """\
 def burn(n):
     x = 0
@@ -149,7 +165,7 @@ def sleep_suite() -> dict[str, str]:
             ms = round(durations[i] * 1000)
             body += f"\ndef test_t{i:02d}_{ms}ms():\n    time.sleep({durations[i]!r})\n\n"
         files[f"tests/test_sleep_{f}.py"] = body
-    return files
+    return {**files, **SUITE_REQUIREMENTS}
 
 
 def calibrate(target: float) -> dict[str, Any]:
@@ -212,7 +228,7 @@ def cpu_suite(iterations: int) -> dict[str, str]:
         for i in range(f * per_file, (f + 1) * per_file):
             body += f"\ndef test_c{i:02d}():\n    burn({iterations})\n\n"
         files[f"tests/test_cpu_{f}.py"] = body
-    return files
+    return {**files, **SUITE_REQUIREMENTS}
 
 
 # -- worker logs ---------------------------------------------------------------------------
@@ -387,20 +403,34 @@ class Bench:
             "planning": sum(t.get(k, 0.0) for k in ("checkout", "setup", "collect")),
             "test_sum": sum(x.duration for x in report.tests),
             "environment_hit": report.environment.get("cache_hit"),
+            "environment_key": report.environment.get("key"),
+            "phases": phases(report, wall, started, t0_epoch),
             "shards": shards.get("count", 0), "imbalance": shards.get("imbalance"),
             "chunks": chunks, "known_durations": len(known),
             "estimate_sum": round(sum(est.values()), 3),
         }
 
-    def bare(self, path: Path, sha: str, extra: list[str]) -> tuple[float, str]:
-        """Wall time of pytest alone in a clean worktree of ``sha``, and its last line
-        ("40 passed in 19.05s": pytest's own time, without its start-up)."""
+    def environment_python(self, key: str | None) -> Path:
+        """The interpreter of the cached environment a run used (``environment.key`` of
+        its report): where the baselines run, so that they measure pytest in the same
+        environment as ciq's runs, not in this benchmark's own virtualenv."""
+        python = self.env_dir / (key or "?") / "bin" / "python"
+        if not key or not python.exists():
+            raise RuntimeError(f"no cached environment {key!r} under {self.env_dir}")
+        return python
+
+    def bare(self, path: Path, sha: str, extra: list[str], python: Path) -> tuple[float, str]:
+        """Wall time of pytest alone, run by ``python`` in a clean worktree of ``sha``, and
+        its last line ("40 passed in 19.05s": pytest's own time, without its start-up)."""
         dest = self.root / "bare" / f"{sha[:12]}-{time.monotonic_ns()}"
         git(path, "worktree", "add", "--quiet", "--detach", str(dest), sha)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CIQ_", "CELERY_")) and k not in ("PYTHONPATH", "PYTHONHOME")}
+        venv = python.parent.parent
+        env.update(VIRTUAL_ENV=str(venv), PATH=f"{venv / 'bin'}:{env.get('PATH', '')}")
         try:
             t0 = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "pytest", "tests", "-q", "-p",
+            done = subprocess.run([str(python), "-m", "pytest", "tests", "-q", "-p",
                                    "no:cacheprovider", *extra], cwd=dest, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             took = time.perf_counter() - t0
@@ -426,6 +456,57 @@ class Bench:
 
 
 # -- measuring -----------------------------------------------------------------------------
+
+def phases(report: Report, wall: float, started: str | None, t0_epoch: float
+           ) -> dict[str, float | None]:
+    """Where one run's wall time went. ``pickup``: submitted to the lease taken (the
+    queue and a worker's pick-up); ``checkout``, ``setup``, ``collect``: the report's
+    timings (collect when sharded); ``plan``: the rest of the planning run until the plan
+    is stored (sharded) or the report made (JUnit XML and such, whole runs); ``test``: the
+    test phase (one pytest; or, sharded, the chunks, plan stored to merged, their own
+    checkouts included); ``report``: the report made to the benchmark seeing it stored."""
+    t = report.timings
+    pickup = datetime.fromisoformat(started).timestamp() - t0_epoch if started else None
+    head = sum(t.get(k, 0.0) for k in ("checkout", "setup", "collect"))
+    test = t.get("test", 0.0)
+    return {"pickup": pickup, "checkout": t.get("checkout"), "setup": t.get("setup"),
+            "collect": t.get("collect"), "plan": max(report.duration - test - head, 0.0),
+            "test": test,
+            "report": wall - report.duration - (pickup or 0.0)}
+
+
+def overheads(suite: dict[str, Any]) -> dict[str, Any]:
+    """Per configuration, the median of each phase and the test phase against pytest
+    alone in the same environment (bare, and pytest-xdist on as many processes)."""
+    base = suite["baselines"]
+    out: dict[str, Any] = {}
+    for name, cfg in suite["configs"].items():
+        m = {k: med(r["phases"].get(k) for r in cfg["runs"]) for k in PHASES}
+        m["wall"] = cfg["median"]["wall"]
+        k = cfg["processes"]
+        m["bare"] = base["bare"]["median"]
+        m["xdist"] = base.get(f"xdist-{k}", {}).get("median")
+        m["test_over_bare"] = (m["test"] or 0.0) - m["bare"]
+        m["wall_over_bare"] = m["wall"] - m["bare"]
+        if m["xdist"] is not None:
+            m["test_over_xdist"] = (m["test"] or 0.0) - m["xdist"]
+            m["wall_over_xdist"] = m["wall"] - m["xdist"]
+        out[name] = m
+    return out
+
+
+def overhead_lines(suite: dict[str, Any]) -> list[str]:
+    lines = ["    overhead per phase (medians, s): "
+             + " | ".join(PHASES) + " | wall vs pytest in the same environment"]
+    for name, m in suite["overheads"].items():
+        cells = " | ".join("-" if m[k] is None else f"{m[k]:.2f}" for k in PHASES)
+        vs = (f"wall {m['wall']:.2f} vs bare {m['bare']:.2f} ({m['wall_over_bare']:+.2f}); "
+              f"test {m['test']:.2f} ({m['test_over_bare']:+.2f} vs bare")
+        if m.get("xdist") is not None:
+            vs += f", {m['test_over_xdist']:+.2f} vs xdist-{name.rsplit('-', 1)[-1]}"
+        lines.append(f"    {name:<10} {cells} | {vs})")
+    return lines
+
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     keys = ("wall", "planning", "test_sum", "pickup", "run_duration", "imbalance", "shards")
@@ -489,15 +570,28 @@ def measure_suite(b: Bench, suite: str, files: dict[str, str], tests: int, n: in
         out["configs"][name] = measure_config(b, suite, path, repo, tests, name, processes,
                                               shard, times(name))
     sha = git(path, "rev-parse", "HEAD")
-    base: dict[str, Any] = {"load_before": [round(x, 2) for x in os.getloadavg()]}
+    last = list(out["configs"].values())[-1]["runs"][-1]
+    python = b.environment_python(last["environment_key"])
+    versions = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m, platform; print(platform."
+         "python_version(), m.version('pytest'), m.version('pytest-xdist'))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    base: dict[str, Any] = {"load_before": [round(x, 2) for x in os.getloadavg()],
+                            "python": str(python), "versions": dict(zip(
+                                ("python", "pytest", "pytest-xdist"), versions, strict=True))}
+    print(f"    baselines in the runs' cached environment ({python}: " + ", ".join(
+        f"{k} {v}" for k, v in base["versions"].items()) + ")", flush=True)
     for label, extra in (("bare", []), *((f"xdist-{k}", ["-n", str(k)]) for k in XDIST)):
-        done = [b.bare(path, sha, extra) for _ in range(times(label))]
+        done = [b.bare(path, sha, extra, python) for _ in range(times(label))]
         walls = [w for w, _ in done]
         base[label] = {"runs": walls, "median": statistics.median(walls),
                        "last_lines": [line for _, line in done]}
         print(f"    {label:<10} {statistics.median(walls):6.2f} s  "
               f"({', '.join(f'{w:.2f}' for w in walls)})", flush=True)
     out["baselines"] = base
+    out["overheads"] = overheads(out)
+    for line in overhead_lines(out):
+        print(line, flush=True)
     return out
 
 
@@ -554,6 +648,7 @@ def table(res: dict[str, Any], figures: dict[str, Any]) -> str:
             lines.append(f"  {shown:<16}{k:>5}{len(b['runs']):>3}{b['median']:>9.2f}"
                          f"{min(b['runs']):>7.2f}-{max(b['runs']):<6.2f}"
                          f"{b['median'] / (total / k):>9.2f}")
+        lines += [line[2:] for line in overhead_lines(r)]
     lines.append("\ntargets")
     for name in ("sharded-4", "sharded-2"):
         f = figures[f"sleep_{name}"]
@@ -597,7 +692,7 @@ def machine() -> dict[str, Any]:
                   Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
     return {"python": platform.python_version(), "celery": meta("celery"),
-            "pytest": meta("pytest"), "pytest-xdist": meta("pytest-xdist"),
+            "pytest": meta("pytest"),
             "redis-py": meta("redis"), "redis-server": out.split("v=")[1].split()[0],
             "nproc": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
             "cpu": model, "load_at_start": [round(x, 2) for x in os.getloadavg()]}

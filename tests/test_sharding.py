@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from ciq.runner.commit import Checkout, collect, prepare, run_tests
+from ciq.runner.runs import RunSpec
 from ciq.settings import Settings
 from ciq.store import Store, keys
 from ciq.store.keys import SHARDED, repo_id
@@ -136,11 +140,16 @@ def test_a_chunk_whose_worker_dies_runs_again_elsewhere_and_the_merge_waits_for_
     store.client.hset(keys.durations(repo_id(path)), mapping={
         "tests/test_victim.py::test_victim": 50,
         **{f"tests/test_s{i}.py::test_{i}": 1.5 for i in range(3)}})
-    w1 = worker("w1", data_dir=tmp_path / "host1")
+    # (a 10 s lease: the chunk is rerun long before it would expire, since the watcher
+    # sees its holder's connections go)
+    w1 = worker("w1", data_dir=tmp_path / "host1", CIQ_LEASE_TTL="10")
     sha = enqueue(settings, path)
     wait_for(marker.exists, 60, "the victim's first run")
-    w2 = worker("w2", data_dir=tmp_path / "host2")
+    w2 = worker("w2", data_dir=tmp_path / "host2", CIQ_LEASE_TTL="10")
+    killed = time.monotonic()
     os.killpg(w1.pid, signal.SIGKILL)  # the whole first host goes
+    wait_for(lambda: len(marker.read_text().split()) == 2, 30, "the victim's rerun")
+    assert time.monotonic() - killed < 6, "the chunk waited for its lease to expire"
     report = wait_report(store, path, sha, timeout=90)
     assert report.status == "passed", report.message
     assert sorted(t.id for t in report.tests) == sorted(
@@ -187,3 +196,152 @@ def test_a_large_suite_is_sharded_whole_and_its_durations_kept(
     assert report.shards["count"] >= 2
     # And all their durations are kept for the next plan
     assert store.client.hlen(keys.durations(repo_id(str(repo.path)))) == 3000
+
+
+ODD_IDS = '''import pytest
+
+ODD = ["a b", "[x]", "\\u00e9t\\u00e9", "\\u96ea", "a::b.c", "x\\ny", "$(touch /tmp/pwn) `id`",
+       "'q\\"", "-k", "--collect-only", "*", "a;b|c&d", "tab\\there"]
+
+
+@pytest.mark.parametrize("value", ODD)
+def test_odd(value):
+    pass
+
+
+class TestNested:
+    @pytest.mark.parametrize("n", range(4))
+    def test_n(self, n):
+        pass
+'''
+#: A file that says when it is imported: no chunk without its tests may collect it.
+TATTLER = ('import pathlib\n\npathlib.Path(__file__).with_name("imported").touch()\n\n'
+           'def test_elsewhere():\n    pass\n')
+
+
+def direct_run(settings: Settings, repo, sha: str, name: str) -> RunSpec:
+    """A run of the runner alone, as a worker makes it: no Redis, no Celery."""
+    return RunSpec(repo=str(repo.path), sha=sha, branch="main", run_id=f"{name}-{sha[:8]}",
+                   worker="test@host", attempts=1, data_dir=settings.data_dir,
+                   time_limit=300, output_limit=100_000, env_root=settings.env_root)
+
+
+@pytest.mark.parametrize("pytest_pin", ["pytest==7.4.4", None], ids=["pytest7", "newest"])
+def test_a_chunk_runs_exactly_its_ids_whatever_characters_they_hold(
+    make_repo, settings: Settings, pytest_pin: str | None
+):
+    # Given a suite with parametrised ids of spaces, brackets, unicode, shell and option
+    # characters, in a commit whose environment has an old or the newest pytest
+    files = {"tests/test_odd.py": ODD_IDS, "tests/sub/test_deep.py": "def test_deep():\n"
+             "    pass\n", "tests/test_tattler.py": TATTLER,
+             "tests/requirements.txt": f"{pytest_pin or 'pytest'}\n"}
+    repo = make_repo(files)
+    with prepare(direct_run(settings, repo, repo.head(), "chunk")) as ready:
+        assert isinstance(ready, Checkout), ready
+        # When its tests are collected
+        ids = collect(ready)
+        assert ids is not None and len(ids) == 13 + 4 + 2
+        assert "tests/test_odd.py::test_odd[x\\ny]" in ids  # pytest's own (escaped) id
+        assert len(set(ids)) == len(ids)
+        assert ready.timings["collect"] > 0
+        version = subprocess.run([str(ready.overlay / "bin" / "python"), "-c",
+                                  "import pytest; print(pytest.__version__)"],
+                                 capture_output=True, text=True).stdout
+        assert version.startswith("7.4.4" if pytest_pin else ("8", "9"))
+        tattled = ready.worktree / "tests" / "imported"
+        assert tattled.exists()
+        tattled.unlink()
+        # And a chunk of them is run: every other odd id, one nested and the deep test
+        chunk = [i for i in ids if "test_odd[" in i][::2] + [
+            "tests/test_odd.py::TestNested::test_n[2]", "tests/sub/test_deep.py::test_deep"]
+        report = run_tests(ready, chunk)
+    # Then exactly those tests ran, under the ids the collection gave them
+    assert report.status == "passed", f"{report.message}\n{report.output}"
+    assert sorted(t.id for t in report.tests) == sorted(chunk)
+    assert report.summary.total == len(chunk) == 9
+    assert f"({len(chunk)} tests of a sharded run)" in report.command
+    # And its pytest was pointed at the files of its ids only (the ids went in a file)
+    assert not tattled.exists()
+
+
+def test_a_collection_pytest_counts_differently_is_not_sharded(make_repo, settings: Settings,
+                                                               caplog):
+    # Given a suite where something (a plugin, a conftest) makes the ids and pytest's
+    # own count disagree: here a summary line of its own after pytest's
+    conftest = ("def pytest_unconfigure(config):\n"
+                "    print('\\n99 tests collected in 0.01s')\n")
+    repo = make_repo({"tests/test_a.py": "def test_a():\n    pass\n\ndef test_b():\n"
+                      "    pass\n", "tests/conftest.py": conftest})
+    with prepare(direct_run(settings, repo, repo.head(), "count")) as ready:
+        assert isinstance(ready, Checkout), ready
+        # When it is collected, it is not planned (the whole suite runs: always right)
+        with caplog.at_level("WARNING"):
+            assert collect(ready) is None
+    assert "pytest counted 99 tests but listed 2" in caplog.text
+    # Nor is one with collection errors, even where pytest's exit status hides them
+    hide = ("import pytest\n\n@pytest.hookimpl(trylast=True)\n"
+            "def pytest_sessionfinish(session):\n    session.exitstatus = 0\n")
+    sha = repo.commit({"tests/test_broken.py": "import no_such_module\n",
+                       "pytest.ini": "[pytest]\naddopts = --continue-on-collection-errors\n",
+                       "tests/conftest.py": hide})
+    caplog.clear()
+    with prepare(direct_run(settings, repo, sha, "errors")) as ready:
+        assert isinstance(ready, Checkout), ready
+        with caplog.at_level("WARNING"):
+            assert collect(ready) is None
+    assert "pytest counted 1 collection errors" in caplog.text
+
+
+def test_a_sharded_run_reports_every_collected_test_once_under_its_collected_id(
+    make_repo, worker, store: Store, settings: Settings
+):
+    # Given a suite of odd parametrised ids and sleepy tests, always sharded, on two
+    # worker processes
+    repo = make_repo({"tests/test_odd.py": ODD_IDS, **sleepy_suite(4, 0.3),
+                      "ciq.toml": 'shard = "always"\n'})
+    listing = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                              "no:cacheprovider"], cwd=repo.path, capture_output=True,
+                             text=True).stdout
+    collected = [line for line in listing.splitlines() if "::" in line]
+    assert len(collected) == 13 + 4 + 4
+    worker("w1", concurrency=2)
+    wait_for(lambda: Shards(store, 2, 60, 1000).processes("ciq") >= 2, 10, "two processes")
+
+    # When the commit is run
+    report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)))
+
+    # Then its report has every collected test once, as collected, and nothing else
+    assert report.status == "passed", report.message
+    assert report.shards["count"] >= 2
+    assert sorted(t.id for t in report.tests) == sorted(collected)
+    assert report.summary.total == len(collected)
+    assert sum(c["tests"] for c in report.shards["chunks"]) == len(collected)
+    assert not any("unplanned" in c for c in report.shards["chunks"])
+
+
+def test_chunks_run_as_another_user_find_their_selection(
+    system_venv: Path, make_repo, worker, store: Store, settings: Settings
+):
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.fail("this test needs root, as CIQ_RUN_AS does")
+    # Given a root worker of two processes whose tests run as `nobody`
+    data = Path(tempfile.mkdtemp(prefix="ciq-runas-"))
+    data.chmod(0o711)
+    try:
+        repo = make_repo({"tests/test_odd.py": ODD_IDS, **sleepy_suite(3, 0.2),
+                          "ciq.toml": 'shard = "always"\n'})
+        worker(python=str(system_venv / "bin" / "python"), data_dir=data, concurrency=2,
+               CIQ_RUN_AS="nobody", CIQ_ENV_DIR=str(data / "envs"))
+        wait_for(lambda: Shards(store, 2, 60, 1000).processes("ciq") >= 2, 10, "processes")
+        # When a commit is sharded, its chunks read their ids and the plugin as `nobody`
+        report = wait_report(store, str(repo.path), enqueue(settings, str(repo.path)),
+                             timeout=120)
+        # Then every collected test ran once
+        assert report.status == "passed", f"{report.message}\n{report.output}"
+        assert report.shards["count"] >= 2
+        assert report.summary.total == len({t.id for t in report.tests}) == 13 + 4 + 3
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

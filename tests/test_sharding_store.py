@@ -10,7 +10,7 @@ import time
 
 from ciq.dispatch import Message, Sender
 from ciq.report import Report, Summary, TestResult
-from ciq.sharding.plan import ShardPlan
+from ciq.sharding.plan import ShardPlan, plan_chunks
 from ciq.store import Store, keys
 from ciq.store.keys import CHUNKS_STARTED, SHARDED, repo_id
 from ciq.store.shards import LAST, Shards
@@ -143,3 +143,68 @@ def test_the_durations_of_a_suite_of_twenty_thousand_tests_are_kept(store: Store
     shards.record_durations(report)
     kept = shards.durations(REPO)
     assert len(kept) == 20_000 and set(kept.values()) == {0.25}
+
+
+class RoundTrips:
+    """Counts the commands a redis-py client sends (a script's EVALSHA is one)."""
+
+    def __init__(self, client) -> None:
+        self.count = 0
+        self._send = client.execute_command
+
+        def counted(*args, **options):
+            self.count += 1
+            return self._send(*args, **options)
+
+        client.execute_command = counted
+
+    def of(self, call, *args):
+        """What ``call(*args)`` returns, and the round trips it took."""
+        before = self.count
+        value = call(*args)
+        return value, self.count - before
+
+
+def test_plans_and_durations_of_any_size_take_the_same_round_trips(store: Store):
+    trips = RoundTrips(store.client)
+    seen: dict[int, dict[str, int]] = {}
+    for n in (50, 100, 50_000):  # the first loads the scripts (NOSCRIPT, SCRIPT LOAD)
+        # Given a commit leased by run "r0" whose collection found n tests
+        sha = f"{n:040d}"
+        ids = [f"tests/test_{i // 100}.py::test_{i}[{i % 3} x]" for i in range(n)]
+        store.claim(REPO, sha, "main", {})
+        assert store.acquire(REPO, sha, "r0", 30.0, "w0") == 1
+        shards = Shards(store, lease_ttl=30.0, time_limit=600, output_limit=10_000)
+        chunks = plan_chunks(ids, {}, workers=4, min_chunk=0.1)
+        head = Report(repo=REPO, commit=sha, status="passed", branch="main", worker="w0")
+        plan = ShardPlan(REPO, sha, "main", chunks, head.to_dict(), queue="q")
+        sender = Sender(store.conn, store.conn, "q")
+        messages = [sender.chunk(REPO, sha, "main", i, "q").body
+                    for i in range(len(chunks) - 1, 0, -1)]
+        shards.create(plan, "r-warm", [])  # loads the script once (NOSCRIPT)
+
+        # When it is planned, every chunk reports, the last merges
+        created, seen.setdefault(n, {})["create"] = trips.of(shards.create, plan, "r0",
+                                                             messages)
+        assert created
+        stored, seen[n]["plan"] = trips.of(shards.plan, REPO, sha)
+        assert stored is not None
+        flat = [i for c in stored.chunks for i in c]
+        assert len(flat) == n and set(flat) == set(ids)  # each in exactly one chunk
+        assert store.client.llen("q") == len(chunks) - 1
+        store.client.delete("q")
+        for index, chunk in enumerate(chunks):
+            if index:
+                assert shards.take(REPO, sha, index, f"r{index}") == 1
+            shards.done(REPO, sha, index, chunk_report(chunk, "passed"), f"r{index}")
+        merged, seen[n]["finish"] = trips.of(shards.finish, REPO, sha)
+        # Then the report has every collected test once, and each one's duration is kept
+        assert merged is not None and merged.status == "passed", merged.message
+        assert merged.summary.total == n == len({t.id for t in merged.tests})
+        kept, seen[n]["durations"] = trips.of(shards.durations, REPO)
+        assert len(kept) == n and set(kept) == set(ids)
+        _, seen[n]["record"] = trips.of(shards.record_durations, merged)
+        store.client.delete(keys.durations(repo_id(REPO)))
+    # And no step took more round trips for a thousand times the tests
+    assert seen[100] == seen[50_000], seen
+    assert all(v <= 6 for v in seen[50_000].values()), seen

@@ -10,9 +10,12 @@ lease, stores the report and cleans the run's folder up (:func:`.runs.clean_up`)
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -38,7 +41,17 @@ from .box import (
     own_interpreter,
 )
 from .environments import Builder, EnvCache
-from .outcome import build_failure, collected, default_command, default_tests, verdict
+from .outcome import (
+    SELECTION_PLUGIN,
+    build_failure,
+    chunk_targets,
+    collected_count,
+    collected_ids,
+    default_command,
+    default_tests,
+    not_to_plan,
+    verdict,
+)
 from .process import run_environment, run_sandboxed
 from .recipe import Probe, Python, recipe_for
 from .runs import RunSpec
@@ -49,6 +62,12 @@ __all__ = ["Checkout", "RunSpec", "collect", "prepare", "run_tests"]
 PROBE_SECONDS = 60.0
 #: Bytes of a collection's list of test ids read (about 200,000 ids).
 MAX_COLLECTED_BYTES = 32 << 20
+#: Bytes at the end of a collection's output read for pytest's count of the tests.
+SUMMARY_BYTES = 64 << 10
+#: The in-box pytest plugin of sharded runs (its file, never imported by the worker).
+SELECTION_SOURCE = Path(__file__).with_name("selection.py")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -211,46 +230,86 @@ def prepare(spec: RunSpec) -> Iterator[Checkout | Report]:
 
 
 def collect(ready: Checkout) -> list[str] | None:
-    """The test ids pytest collects with the default command, or None when collection
-    fails (the run of the whole suite that follows then reports why)."""
+    """The test ids pytest collects with the default command; None when they are not to
+    be planned from: the collection failed or had errors (the run of the whole suite
+    that follows then reports why), or its list of ids does not hold what pytest itself
+    counted (a plan of it could lose tests; the whole suite is always right)."""
     collect0 = time.monotonic()
-    env = _src_on_path(ready.worktree, ready.env)
-    # The list goes to a file, not through the output pipe: that one keeps only the head
-    # and tail of what it carries, and a plan made of a cut list would drop tests.
-    listing = ready.rooms.out / "collected.txt"
-    cmd = ["/bin/sh", "-c", 'out=$1; shift; exec "$@" >"$out"', "sh", str(listing),
-           str(ready.overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
-           "-p", "no:cacheprovider", *default_tests(ready.worktree)]
     spec = ready.spec
-    done = run_sandboxed(cmd, ready.box(env), ready.left(), spec.output_limit,
-                         ready.run_dir, spec.min_free_bytes)
+    folder = _selection(ready.run_dir)
+    env = _with_selection(_src_on_path(ready.worktree, ready.env), folder)
+    # Both go to files, not through the output pipe: that one keeps only the head and
+    # tail of what it carries, and a plan made of a cut list would drop tests. The ids
+    # come from the plugin (pytest's own node ids, any characters); pytest's count of
+    # them ends its output.
+    listing, log = ready.rooms.out / "collected.json", ready.rooms.out / "collect.txt"
+    cmd = ["/bin/sh", "-c", 'out=$1; shift; exec "$@" >"$out"', "sh", str(log),
+           str(ready.overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
+           "-p", "no:cacheprovider", "-p", SELECTION_PLUGIN, f"--ciq-collected={listing}",
+           *default_tests(ready.worktree)]
+    done = run_sandboxed(cmd, ready.box(env).allow_read(folder), ready.left(),
+                         spec.output_limit, ready.run_dir, spec.min_free_bytes)
     ready.timings["collect"] = round(time.monotonic() - collect0, 3)
     if done.exit_code != 0 or done.timed_out:
         return None
-    text = _read_box_file(listing, MAX_COLLECTED_BYTES)
-    return None if text is None else collected(text)
+    summary = _read_box_file(log, SUMMARY_BYTES, tail=True)
+    ids = collected_ids(_read_box_file(listing, MAX_COLLECTED_BYTES))
+    why = not_to_plan(ids, collected_count(summary) if summary is not None else None)
+    if why is not None or ids is None:
+        logger.warning("run %s: not sharding %s, running it whole: %s", spec.run_id,
+                       spec.sha[:12], why)
+        return None
+    return ids
 
 
-def _read_box_file(path: Path, limit: int) -> str | None:
+def _read_box_file(path: Path, limit: int, tail: bool = False) -> str | None:
     """A file the box wrote, read by the worker: never through a link the box made (it
-    could point at the worker's files), only a plain file of at most ``limit`` bytes."""
+    could point at the worker's files), only a plain file of at most ``limit`` bytes
+    (with ``tail``, of any size: its last ``limit`` bytes)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+        if not stat.S_ISREG(st.st_mode) or (st.st_size > limit and not tail):
             return None
+        fh.seek(max(st.st_size - limit, 0))
         return fh.read(limit).decode("utf-8", "replace")
+
+
+def _selection(run_dir: Path, chunk: list[str] | None = None) -> Path:
+    """The run's folder of the in-box selection plugin (:mod:`.selection`) and of the
+    ids of its ``chunk`` (``chunk.json``): the worker's, not in out/ (the box may have
+    left a link there), read-only in the box, holding nothing else importable."""
+    folder = run_dir / "selection"
+    plugin = folder / f"{SELECTION_PLUGIN}.py"
+    if not plugin.is_file():  # readable by the tests' user (CIQ_RUN_AS), whatever umask
+        folder.mkdir(exist_ok=True)
+        folder.chmod(0o755)
+        shutil.copyfile(SELECTION_SOURCE, plugin)
+        plugin.chmod(0o644)
+    if chunk is not None:
+        (folder / "chunk.json").write_text(json.dumps(chunk))
+        (folder / "chunk.json").chmod(0o644)
+    return folder
+
+
+def _with_selection(env: dict[str, str], folder: Path) -> dict[str, str]:
+    """``env`` in which pytest finds the selection plugin (last on the path: it shadows
+    nothing of the project's)."""
+    path = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(folder)) if p)
+    return {**env, "PYTHONPATH": path}
 
 
 def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
     """Run the test command in the run's environment and make the report of it; with
-    ``only``, pytest runs just those test ids (a chunk of a sharded commit)."""
+    ``only``, pytest runs just those test ids (a chunk of a sharded commit): they go to
+    the in-box plugin in a file, pytest's command line names only their files."""
     env = dict(ready.env)
     junit_path = ready.run_dir / "out" / "junit.xml"
     test = ready.custom_command
+    read: list[Path] = []
     if test:
         cmd = ["/bin/sh", "-c", test]
         shown = test
@@ -260,15 +319,20 @@ def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
         env["PYTEST_ADDOPTS"] = (f"--junitxml={junit_path} -o junit_family=xunit1 "
                                  + env.get("PYTEST_ADDOPTS", "")).strip()
     else:
-        cmd = default_command(junit_path, ready.worktree, str(ready.overlay / "bin" / "python"),
-                              only)
-        shown = ready.shown_command
-        if only is not None:
-            shown = f"{shown} ({len(only)} tests of a sharded run)"
+        python = str(ready.overlay / "bin" / "python")
         env = _src_on_path(ready.worktree, env)
+        shown = ready.shown_command
+        if only is None:
+            cmd = default_command(junit_path, ready.worktree, python)
+        else:
+            folder = _selection(ready.run_dir, only)
+            env, read = _with_selection(env, folder), [folder]
+            cmd = default_command(junit_path, ready.worktree, python,
+                                  chunk_targets(ready.worktree, only), folder / "chunk.json")
+            shown = f"{shown} ({len(only)} tests of a sharded run)"
     spec = ready.spec
-    done = run_sandboxed(cmd, ready.box(env), ready.left(), spec.output_limit,
-                         ready.run_dir, spec.min_free_bytes)
+    done = run_sandboxed(cmd, ready.box(env).allow_read(*read), ready.left(),
+                         spec.output_limit, ready.run_dir, spec.min_free_bytes)
     timings = {**ready.timings, "test": round(done.seconds, 3)}
     junit_error = None
     tests: list[TestResult] = []

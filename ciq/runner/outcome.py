@@ -1,10 +1,15 @@
 """What a run's results mean: the test command ciq runs by default, the status and message
-of a report from the command's exit and its JUnit XML, and the test ids a collection
-found. Plain functions: no processes, no Redis.
+of a report from the command's exit and its JUnit XML, what a chunk of a sharded run
+points pytest at, and pytest's own count of what a collection found. Plain functions: no
+processes, no Redis.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import BuildError
@@ -20,6 +25,20 @@ LIMIT_HIT = {
 }
 
 
+#: The in-box plugin of sharded runs (:mod:`.selection`), by its module name in the box.
+SELECTION_PLUGIN = "ciq_selection"
+#: Bytes of a chunk's file arguments beyond which it is pointed at the whole suite.
+MAX_TARGET_BYTES = 64 << 10
+#: Files that may make pytest choose its rootdir and ini file (`setup.py` too, when
+#: there is no ini file at all).
+CONFIG_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg",
+                "setup.py")
+#: pytest's summary of a collection, in its `-q` form.
+_SUMMARY = re.compile(r"(?:(?P<none>no tests)|(?P<count>\d+)(?:/\d+)? tests?) collected\b"
+                      r"(?: \(\d+ deselected\))?(?:, (?P<errors>\d+) errors?)?")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def default_tests(checkout: Path) -> list[str]:
     """Where a person would point pytest: ``tests/`` or ``test/`` when there is one, else
     nowhere in particular (the whole checkout: tests inside the package, or the
@@ -28,12 +47,44 @@ def default_tests(checkout: Path) -> list[str]:
 
 
 def default_command(junit_path: Path, checkout: Path, python: str,
-                    targets: list[str] | None = None) -> list[str]:
-    """pytest on ``targets`` (test ids; default: :func:`default_tests`), writing JUnit."""
+                    targets: list[str] | None = None, selection: Path | None = None
+                    ) -> list[str]:
+    """pytest on ``targets`` (paths; default: :func:`default_tests`), writing JUnit; with
+    ``selection`` (a JSON list of test ids), only those tests run (:mod:`.selection`,
+    which must be importable as ``ciq_selection``)."""
+    chosen = ["-p", SELECTION_PLUGIN, f"--ciq-ids={selection}"] if selection else []
     return [
         python, "-m", "pytest", *(default_tests(checkout) if targets is None else targets),
         f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",
+        *chosen,
     ]  # fmt: skip
+
+
+def chunk_targets(checkout: Path, ids: Sequence[str]) -> list[str]:
+    """What the pytest of a chunk is pointed at: the distinct files of its test ids, in
+    order, so that it collects only those. :func:`default_tests` instead (slower, the
+    plugin deselects the rest; never wrong) when the files could make pytest find other
+    ids than the whole suite's collection did: one not there as named (pytest's root is
+    not the checkout), a configuration file between them and where the collection
+    started (another rootdir or ini file), or more of them than a command line holds."""
+    default = default_tests(checkout)
+    files = list(dict.fromkeys(i.split("::", 1)[0] for i in ids))
+    if not files or sum(len(f) + 1 for f in files) > MAX_TARGET_BYTES:
+        return default
+    top = checkout / default[0] if default else checkout
+    for name in files:
+        rel = Path(name)
+        if (name.startswith("-") or rel.is_absolute() or ".." in rel.parts
+                or top not in (checkout / rel).parents or not (checkout / rel).is_file()):
+            return default
+    # pytest looks for its configuration from the folder the files have in common up.
+    below = Path(os.path.commonpath([str((checkout / f).parent) for f in files]))
+    for folder in (below, *below.parents):
+        if folder == top:
+            return files
+        if any((folder / c).exists() for c in CONFIG_FILES):
+            return default
+    return default
 
 
 def verdict(done: Completed, tests_found: bool, junit_error: str | None, summary: Summary,
@@ -78,15 +129,44 @@ def verdict(done: Completed, tests_found: bool, junit_error: str | None, summary
     )
 
 
-def collected(output: str) -> list[str]:
-    """The test ids in the output of ``pytest --collect-only -q``."""
-    ids = []
-    for line in output.splitlines():
-        if not line.strip():
-            break  # then the summary ("N tests collected") and any warnings
-        if "::" in line and not line[0].isspace():
-            ids.append(line.strip())
+def collected_count(output: str) -> tuple[int, int] | None:
+    """pytest's own count of the tests and of the errors a ``--collect-only -q`` found,
+    from the summary line that ends its output ("3000 tests collected in 1.20s", "1 test
+    collected", "3/5 tests collected (2 deselected)", "no tests collected", with ", 2
+    errors" after any of them); None when there is no such line."""
+    for line in reversed(output.splitlines()):
+        found = _SUMMARY.match(_ANSI.sub("", line).strip(" =\t"))  # `=` at -v
+        if found:
+            count = 0 if found["none"] else int(found["count"])
+            return count, int(found["errors"] or 0)
+    return None
+
+
+def collected_ids(text: str | None) -> list[str] | None:
+    """The test ids in the list the selection plugin wrote (JSON); None if it is not one."""
+    try:
+        ids = json.loads(text) if text is not None else None
+    except ValueError:
+        return None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        return None
     return ids
+
+
+def not_to_plan(ids: list[str] | None, counted: tuple[int, int] | None) -> str | None:
+    """Why a collection's ``ids`` are not to be cut into chunks, given pytest's own count
+    of the tests and errors (:func:`collected_count`); None: plan away."""
+    if ids is None:
+        return "the collection wrote no readable list of test ids"
+    if counted is None:
+        return "pytest's output ends without its count of the tests collected"
+    if counted[1]:
+        return f"pytest counted {counted[1]} collection errors"
+    if counted[0] != len(ids):
+        return f"pytest counted {counted[0]} tests but listed {len(ids)}"
+    if len(set(ids)) != len(ids):
+        return f"pytest collected {len(ids)} tests under {len(set(ids))} distinct ids"
+    return None
 
 
 def build_failure(exc: BuildError, lines: int = 12, chars: int = 1500) -> str:

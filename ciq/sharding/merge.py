@@ -1,21 +1,26 @@
 """The merge of a sharded commit's chunk reports into its one report.
 
-One final report from every chunk's: each collected test exactly once (a test that no
-chunk reported is an ``error`` saying which chunk lost it), the worst status, and
+One final report from every chunk's: each collected test exactly once, so that its
+summary's total is the collection's count (a test its chunk did not report is an
+``error`` saying which chunk lost it, and makes the report an ``error`` that names it; a
+result of a test the chunk was not given is not counted), the worst status, and
 per-chunk worker, seconds and imbalance (longest ÷ mean). A pure function: the store
 calls it when the last result is in (:meth:`ciq.store.shards.Shards.finish`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ..junit import MAX_MESSAGE_CHARS
 from ..report import Report, Summary, TestResult
 
 #: Worst first: the merged report's status is the worst of its chunks'.
 _SEVERITY = {"passed": 0, "failed": 1, "error": 2, "timeout": 3}
+#: The outcome kept of a test reported twice: the worst.
+_OUTCOME_RANK = {"skipped": 0, "passed": 1, "failed": 2, "error": 3}
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,89 @@ class ChunkResult:
         return cls(int(data["index"]), Report.from_dict(data["report"]))
 
 
-def _missing(planned: Sequence[str], reported: Sequence[TestResult]) -> list[str]:
-    """Planned tests a chunk did not report. A chunk that reported as many tests as it
-    was given, or more, is complete even if an id is spelled differently in its JUnit
-    XML than in pytest's collection (a parametrised id with odd characters)."""
-    seen = {t.id for t in reported}
-    lost = [i for i in planned if i not in seen]
-    return [] if lost and len(seen) >= len(planned) else lost
+def _reconcile(planned: Sequence[str], reported: Sequence[TestResult],
+               elsewhere: Container[str]) -> tuple[list[TestResult], list[str], int]:
+    """A chunk's results against its planned ids: one result per planned test it
+    reported, under the id the collection gave it (in planned order); the planned ids it
+    did not report; and how many of its results stood for none of them (dropped).
+
+    A test in the JUnit XML twice (it failed, then its teardown failed too) is one
+    result, the worse one. A result whose id was not planned may be a planned test
+    spelled differently in JUnit XML than in pytest's collection (odd characters in a
+    parametrised id): it stands for a planned one the chunk did not report otherwise, of
+    the same test function (the id before its parameters), else, when its function is
+    none of the chunk's, of the same file. Any other, and any test of another chunk
+    (``elsewhere``: a chunk whose selection failed ran it too), is not one of this
+    chunk's tests: counting it would count a test twice, or hide a lost one."""
+    wanted = set(planned)
+    best: dict[str, TestResult] = {}
+    extra: dict[str, TestResult] = {}
+    others = 0
+    for r in reported:
+        if r.id in wanted:
+            best[r.id] = _worse(best.get(r.id), r)
+        elif r.id in elsewhere:
+            others += 1
+        else:
+            extra[r.id] = _worse(extra.get(r.id), r)
+    lost = [i for i in planned if i not in best]
+    if lost and extra:
+        lost = _pair(lost, extra, _function, best)
+        # What is left of a planned test function is a second copy of one of its tests:
+        # it stands for nothing else. The same file is the last resort, for ids that
+        # JUnit XML mangles beyond their function (items of other plugins).
+        functions = {_function(i) for i in planned}
+        for spelled in [e for e in extra if _function(e) in functions]:
+            del extra[spelled]
+            others += 1
+    if lost and extra:
+        lost = _pair(lost, extra, _file, best)
+    return [best[i] for i in planned if i in best], lost, others + len(extra)
+
+
+def _function(test_id: str) -> str:
+    return test_id.split("[", 1)[0]
+
+
+def _file(test_id: str) -> str:
+    return test_id.split("::", 1)[0]
+
+
+def _pair(lost: list[str], extra: dict[str, TestResult], key: Callable[[str], str],
+          best: dict[str, TestResult]) -> list[str]:
+    """Let results of ``extra`` stand for the ``lost`` ids of the same ``key``, in sorted
+    order (deterministic); returns the ids still lost. Paired results leave ``extra``."""
+    by_key: dict[str, list[str]] = {}
+    for spelled in sorted(extra):
+        by_key.setdefault(key(spelled), []).append(spelled)
+    left = []
+    for planned_id in sorted(lost):
+        candidates = by_key.get(key(planned_id))
+        if candidates:
+            best[planned_id] = replace(extra.pop(candidates.pop(0)), id=planned_id)
+        else:
+            left.append(planned_id)
+    still = set(left)
+    return [i for i in lost if i in still]
+
+
+def _worse(kept: TestResult | None, other: TestResult) -> TestResult:
+    """One result of a test reported twice: the worse outcome, both durations, and the
+    other's message too when that one did not pass."""
+    if kept is None:
+        return other
+    if _OUTCOME_RANK.get(other.outcome, 0) > _OUTCOME_RANK.get(kept.outcome, 0):
+        kept, other = other, kept
+    message = kept.message
+    if other.message and other.message != message and other.outcome in ("failed", "error"):
+        message = f"{message}\n\n{other.message}" if message else other.message
+    return replace(kept, duration=round(kept.duration + other.duration, 6),
+                   message=message[:MAX_MESSAGE_CHARS])
+
+
+def _names(ids: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
 
 
 def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[ChunkResult],
@@ -59,7 +140,11 @@ def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[Chunk
     outputs: list[tuple[int, str]] = []
     worst = "passed"
     messages: list[str] = []
-    for index, planned in enumerate(chunks):
+    seen: set[str] = set()  # a test in two chunks of a plan counts once
+    everywhere = {i for chunk in chunks for i in chunk}
+    for index, chunk in enumerate(chunks):
+        planned = [i for i in dict.fromkeys(chunk) if i not in seen]
+        seen.update(planned)
         found = by_index.get(index)
         label = f"chunk {index + 1} of {len(chunks)}"
         if found is None:
@@ -73,18 +158,25 @@ def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[Chunk
             parts.append({"index": index, "tests": len(planned), "status": "not run"})
             continue
         r = found.report
-        tests.extend(r.tests)
-        lost = _missing(planned, r.tests)
+        kept, lost, dropped = _reconcile(planned, r.tests, everywhere)
+        tests.extend(kept)
         why = r.message or f"its run ended with exit status {r.exit_code}"
         tests.extend(TestResult(i, "error", 0.0, f"collected but not reported by {label} "
                                                  f"({why})") for i in lost)
-        status = r.status if not lost or r.status != "passed" else "error"
+        # Tests missing make the report an error: its summary would not add up to the
+        # collection's.
+        status = "error" if lost and r.status in ("passed", "failed") else r.status
         worst = max(worst, status, key=_SEVERITY.__getitem__)
-        if status in ("error", "timeout"):
-            messages.append(f"{label}: {r.message or why}")
-        parts.append({"index": index, "tests": len(planned), "status": status,
-                      "worker": r.worker, "seconds": r.timings.get("test", r.duration),
-                      "attempts": r.attempts})
+        if lost:
+            messages.append(f"{label} did not report {len(lost)} of its {len(planned)} "
+                            f"tests ({_names(lost)}): {why}")
+        elif status in ("error", "timeout"):
+            messages.append(f"{label}: {why}")
+        part = {"index": index, "tests": len(planned), "status": status, "worker": r.worker,
+                "seconds": r.timings.get("test", r.duration), "attempts": r.attempts}
+        if dropped:
+            part["unplanned"] = dropped  # results of tests not planned in it, not counted
+        parts.append(part)
         if r.output:
             outputs.append((_SEVERITY.get(status, 0), f"=== {label} on {r.worker} "
                                                       f"({status}) ===\n{r.output}"))
