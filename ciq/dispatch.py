@@ -172,9 +172,16 @@ def reconcile(store: Store, sender: Sender, unsent_after: float = UNSENT_AFTER,
             count += 1
     count += _resend_untaken(store, sender, resend_after)
     if shards is not None:
+        lists: dict[str, set[str]] = {}
+
+        def queued(queue: str, tid: str) -> bool:
+            if queue not in lists:
+                lists[queue] = sender.queued_ids(queue)
+            return tid in lists[queue]
+
         count += shards.reconcile(
             lambda repo, sha, branch, index, queue: sender.push(
-                [sender.chunk(repo, sha, branch, index, queue)]))
+                [sender.chunk(repo, sha, branch, index, queue)]), queued, resend_after)
     return count
 
 

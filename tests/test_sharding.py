@@ -345,3 +345,25 @@ def test_chunks_run_as_another_user_find_their_selection(
         assert report.summary.total == len({t.id for t in report.tests}) == 13 + 4 + 3
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_a_chunk_message_lost_from_the_queue_is_sent_again(
+    make_repo, worker, store: Store, settings: Settings
+):
+    # Given one worker process running chunk 1 of a sharded commit (4 s), the other
+    # chunks waiting on the queue
+    repo = make_repo({**sleepy_suite(4, 1.0), "ciq.toml": 'shard = "always"\n'})
+    path = str(repo.path)
+    store.client.hset(keys.durations(repo_id(path)), mapping={
+        f"tests/test_s{i}.py::test_{i}": 1.0 for i in range(4)})
+    worker("w1")
+    sha = enqueue(settings, path)
+    wait_for(lambda: store.client.sismember(SHARDED, f"{repo_id(path)}:{sha}"), 60, "the plan")
+    wait_for(lambda: store.client.llen(settings.queue) > 0, 10, "the other chunks queued")
+    # When their messages are taken off the broker's list by hand
+    store.client.delete(settings.queue)
+    # Then the reconciler sends them again (they were never taken, nor queued any more),
+    # and the commit gets its whole report, not an error at the plan's time limit
+    report = wait_report(store, path, sha, timeout=60)
+    assert report.status == "passed", report.message
+    assert report.summary.total == 4 and report.shards["count"] >= 2

@@ -209,6 +209,25 @@ class Shards:
             logger.warning("could not keep the test durations of %s: %s", sha[:12], exc)
         return report
 
+    def _untaken(self, rid: str, sha: str, count: int, older_than: float) -> list[int]:
+        """Chunks of a plan that no run took (no attempt) since they were first seen so
+        by the reconciler ``older_than`` seconds ago or more; each is seen anew then."""
+        plan = keys.plan(rid, sha)
+        fields = [f for i in range(count) for f in (f"a:{i}", f"s:{i}")]
+        values = self.client.hmget(plan, fields)
+        now = time.time()
+        due = []
+        for i in range(count):
+            taken, seen = values[2 * i], values[2 * i + 1]
+            if taken is not None:
+                continue
+            if seen is None:
+                self.client.hset(plan, f"s:{i}", now)
+            elif now - float(seen) >= older_than:
+                self.client.hset(plan, f"s:{i}", now)
+                due.append(i)
+        return due
+
     def clean(self, repo: str, sha: str, count: int) -> None:
         rid = keys.repo_id(repo)
         self._clean(keys=[keys.plan(rid, sha), keys.lease(rid, sha), keys.SHARDED,
@@ -217,10 +236,14 @@ class Shards:
 
     # -- the reconciler's part ----------------------------------------------------------
 
-    def reconcile(self, resend: Callable[[str, str, str | None, int, str], None]) -> int:
+    def reconcile(self, resend: Callable[[str, str, str | None, int, str], None],
+                  queued: Callable[[str, str], bool] | None = None,
+                  resend_after: float = 10.0) -> int:
         """Queue again (``resend(repo, sha, branch, index, queue)``) the chunks whose run
-        died; merge plans whose merging run died; tidy plans of reported commits.
-        Returns how many chunks it queued again."""
+        died, and (given ``queued(queue, task id)``) the chunks that no run took for
+        ``resend_after`` seconds and that are not on their queue; merge plans whose
+        merging run died; tidy plans of reported commits. Returns how many chunks it
+        queued again."""
         # It runs every second in one worker: it reads the plans' small fields only.
         resent = 0
         for started in self.client.smembers(keys.CHUNKS_STARTED):
@@ -240,10 +263,20 @@ class Shards:
             if raw is None:
                 self.client.srem(keys.SHARDED, sharded)
                 continue
-            repo = json.loads(raw)["repo"]
+            meta = json.loads(raw)
+            repo = meta["repo"]
             if self.client.exists(keys.report(repo, sha)):
                 self.clean(repo, sha, int(k))
             elif int(n) >= int(k):
                 logger.warning("reconciler: merging the chunks of %s", sha[:12])
                 self.finish(repo, sha)
+            elif queued is not None:
+                for index in self._untaken(rid, sha, int(k), resend_after):
+                    if queued(meta["queue"], keys.task_id(repo, sha, index)):
+                        continue
+                    logger.warning("reconciler: chunk %d of %s was never taken and is not on "
+                                   "queue %r; queueing it again", index + 1, sha[:12],
+                                   meta["queue"])
+                    resend(repo, sha, meta["branch"], index, meta["queue"])
+                    resent += 1
         return resent
