@@ -116,6 +116,11 @@ def to_junit(report: Report) -> str:
         path, _, name = t.id.rpartition("::")
         case = SubElement(suite, "testcase", classname=xml_safe(path), name=xml_safe(name),
                           time=f"{t.duration:.3f}")
+        muted = report.quarantined.get(t.id)
+        if muted is not None:  # its failure did not decide the report's status
+            SubElement(SubElement(case, "properties"), "property", name="ciq.quarantined",
+                       value=xml_safe(f"{muted.get('owner', '')} until "
+                                      f"{muted.get('expires_at', '')}: {muted.get('reason', '')}"))
         if t.outcome in ("failed", "error", "skipped"):
             tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[t.outcome]
             child = SubElement(case, tag, message=xml_safe(t.message.split("\n", 1)[0]))

@@ -87,6 +87,10 @@ class Report:
     shards: dict[str, Any] = field(default_factory=dict)
     #: Tests that never ran because the run stopped early (fail fast).
     not_run: tuple[str, ...] = ()
+    #: Tests of this report that were quarantined when it was stored (ciq.quarantine):
+    #: test id -> {owner, reason, expires_at}. Their outcomes are real; their failures
+    #: did not decide the status.
+    quarantined: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

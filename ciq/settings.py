@@ -108,6 +108,13 @@ class Settings:
     web_url: str | None = None
     #: Seconds one webhook call or SMTP conversation may take before it is retried later.
     notify_timeout: float = 10.0
+    #: The secret that lets a caller of `ciq web` change things (quarantine tests): an
+    #: ``Authorization: Bearer`` header of the API, a field of the pages' forms. None:
+    #: the web UI changes nothing.
+    operator_token: str | None = field(default=None, repr=False)
+    #: A token that scrapers of `ciq web`'s /metrics must send (Authorization: Bearer);
+    #: None: /metrics is open, like the pages. It grants nothing else.
+    metrics_token: str | None = field(default=None, repr=False)
 
     #: Environment variable for each field, in one place.
     ENV = {
@@ -143,6 +150,8 @@ class Settings:
         "notify_on": "CIQ_NOTIFY_ON",
         "web_url": "CIQ_WEB_URL",
         "notify_timeout": "CIQ_NOTIFY_TIMEOUT",
+        "operator_token": "CIQ_OPERATOR_TOKEN",
+        "metrics_token": "CIQ_METRICS_TOKEN",
     }
 
     def __post_init__(self) -> None:
@@ -204,6 +213,16 @@ class Settings:
             raise ConfigError(f"{self.ENV['celery_config']}={self.celery_config!r} is not a "
                               "module path like worker_config.production")
         self._check_notifications()
+        token = self.operator_token
+        if token is not None and (len(token) < 16 or not token.isascii() or not all(
+                c.isalnum() or c in "-._~+/=" for c in token)):
+            raise ConfigError(f"{self.ENV['operator_token']} must be 16 characters or more "
+                              "of letters, digits and -._~+/= (e.g. `openssl rand -hex 32`)")
+        metrics = self.metrics_token
+        if metrics is not None and not (metrics.isascii() and metrics.isprintable()
+                                        and " " not in metrics):
+            raise ConfigError(f"{self.ENV['metrics_token']} must be printable ASCII without "
+                              "spaces (e.g. `openssl rand -hex 32`)")
 
     def _check_notifications(self) -> None:
         env = self.ENV

@@ -231,11 +231,11 @@ class Web:
         return reply.json()
 
 
-def start_web(settings: Settings, log: Path) -> Web:
+def start_web(settings: Settings, log: Path, **env: str) -> Web:
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ciq", "web", "--port", str(port)],
-                                env=ciq_env(settings), stdout=out, stderr=subprocess.STDOUT,
+                                env=ciq_env(settings, **env), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     web = Web(proc, log, port)
 

@@ -25,6 +25,7 @@ from . import MAX_LIMIT, explain, fail
 from . import enqueue as enqueue_commit
 from . import status as status_command
 from .hook import hook
+from .quarantine import quarantine
 from .render import report_text
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def cli() -> None:
 
 
 cli.add_command(hook)
+cli.add_command(quarantine)
 
 CONFIG_OPTION = click.option(
     "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
@@ -302,7 +304,10 @@ def up(repo: str | None, once: bool, interval: float, concurrency: int, hook: bo
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0 picks a free one).")
 def web(host: str, port: int) -> None:
-    """The reports web UI and its JSON API (/api), read-only, until Ctrl-C."""
+    """The reports web UI and its JSON API (/api), until Ctrl-C.
+
+    Read-only, except quarantining tests, which needs CIQ_OPERATOR_TOKEN set here and
+    given by the caller."""
     from ..web.server import serve
 
     settings = _settings()

@@ -85,7 +85,14 @@ def report_text(r: Report, colour: bool) -> str:
                    + ", ".join(printable(i) for i in r.not_run[:10])
                    + (" ..." if len(r.not_run) > 10 else ""))
     for bad in (t for t in r.tests if t.outcome in ("failed", "error")):
-        out.append(paint(f"\n{bad.outcome.upper()} {printable(bad.id)}", fg="red"))
+        muted = r.quarantined.get(bad.id)
+        if muted is not None:  # its failure did not decide the status
+            out.append(paint(f"\n{bad.outcome.upper()} (quarantined) {printable(bad.id)}",
+                             fg="yellow"))
+            out.append(f"    quarantined by {printable(muted.get('owner'))} until "
+                       f"{printable(muted.get('expires_at'))}: {printable(muted.get('reason'))}")
+        else:
+            out.append(paint(f"\n{bad.outcome.upper()} {printable(bad.id)}", fg="red"))
         out.append("    " + printable(bad.message).replace("\n", "\n    ")[:2000])
     if r.status != "passed" and r.output:
         out.append(paint("\n--- output ---", dim=True))

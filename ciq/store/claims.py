@@ -25,19 +25,23 @@ def claim(conn: Redisish, repo: str, sha: str, branch: str | None, meta: dict[st
     :func:`mark_sent` (or a reconciler sends it).
     """
     rid = keys.repo_id(repo)
+    now = keys.now_us()
     fields = {
         **{k: v for k, v in meta.items() if v is not None},
         "repo": repo,
         "commit": sha,
         "branch": branch or "",
-        "enqueued_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "enqueued_at": datetime.fromtimestamp(now / 1e6, UTC).isoformat(timespec="milliseconds"),
+        # The same instant as a number, for the scripts that time the queue wait.
+        "enqueued_us": str(now),
         "attempts": "0",
     }
     flat = [x for kv in fields.items() for x in kv]
     queue, payload = message or (keys.NONE, "")
     got = conn.eval(
-        CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue, keys.SENT],
-        [json.dumps(flat), keys.now_us(), sha, keys.member(rid, sha), rid, repo, payload])
+        CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue, keys.SENT,
+                keys.metrics(rid)],
+        [json.dumps(flat), now, sha, keys.member(rid, sha), rid, repo, payload])
     return bool(int(got))
 
 

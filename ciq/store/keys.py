@@ -11,7 +11,9 @@ so that this table is the whole truth. Standard library only: `ciq enqueue` and
 ``ciq:index:<rid>``                     zset    sha scored by first-seen time (µs): history
 ``ciq:commit:<rid>:<sha>``              hash    repo, commit, branch, enqueued_at, subject,
                                                 author, attempts, run_id, worker, started_at;
-                                                once reported: status and the summary
+                                                once reported: status and the summary;
+                                                enqueued_us, requeued_us (an orphan's return
+                                                to the queue), deaths_seen: for metrics
 ``ciq:lease:<rid>:<sha>``               string  run id of the live run (``shards:<run id>``
                                                 while its chunks run); expires unless renewed
 ``ciq:started``                         set     members that took a lease, no report yet
@@ -36,6 +38,11 @@ so that this table is the whole truth. Standard library only: `ciq enqueue` and
 ``ciq:notify:inflight``                 zset    event id scored by its claim's deadline (ms)
 ``ciq:notify:progress``                 hash    event id → {tries, sent, error} (JSON)
 ``ciq:notify:dead``                     list    events given up on (JSON), newest first
+``ciq:metrics:<rid>``                   hash    counters ``c:<name>[:<label>]`` and histogram
+                                                buckets ``h:<name>:<bound>``, ``h:<name>:sum``
+                                                (see :mod:`.metrics`)
+``ciq:quarantine:<rid>``                hash    test id → quarantine entry {owner, reason,
+                                                added_at, expires_at, added_by} (JSON)
 ======================================  ======  ============================================
 
 The broker's queues are lists named after the queue (kombu's Redis transport); they are
@@ -71,6 +78,9 @@ DUE = "ciq:notify:due"
 INFLIGHT = "ciq:notify:inflight"
 PROGRESS = "ciq:notify:progress"
 DEAD = "ciq:notify:dead"
+#: Every commit hash is this and its member (``<rid>:<sha>``); every lease too.
+COMMITS = "ciq:commit:"
+LEASES = "ciq:lease:"
 #: A key no script writes: what a script is given where an optional key is absent.
 NONE = "ciq:none"
 #: What a commit's lease holds while its chunks run (then the planning run's id).
@@ -104,7 +114,7 @@ def index(rid: str) -> str:
 
 def commit_prefix(rid: str) -> str:
     """The commit hashes of a repository are this and the SHA."""
-    return f"ciq:commit:{rid}:"
+    return f"{COMMITS}{rid}:"
 
 
 def commit(rid: str, sha: str) -> str:
@@ -113,7 +123,7 @@ def commit(rid: str, sha: str) -> str:
 
 def lease_prefix(rid: str) -> str:
     """The leases of a repository's commits are this and the SHA."""
-    return f"ciq:lease:{rid}:"
+    return f"{LEASES}{rid}:"
 
 
 def lease(rid: str, sha: str) -> str:
@@ -147,3 +157,11 @@ def chunk_lease(rid: str, sha: str, chunk: int) -> str:
 
 def durations(rid: str) -> str:
     return f"ciq:durations:{rid}"
+
+
+def metrics(rid: str) -> str:
+    return f"ciq:metrics:{rid}"
+
+
+def quarantine(rid: str) -> str:
+    return f"ciq:quarantine:{rid}"

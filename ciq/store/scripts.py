@@ -82,6 +82,10 @@ DURATIONS = Script.load("durations")
 EVENT_CLAIM = Script.load("event_claim")
 EVENT_ACK = Script.load("event_ack")
 EVENT_RETRY = Script.load("event_retry")
+# Quarantined tests.
+QUARANTINE_ADD = Script.load("quarantine_add")
+QUARANTINE_PRUNE = Script.load("quarantine_prune")
 # What the web UI reads.
 BRANCHES = Script.load("branches")
 REPORTED = Script.load("reported")
+WAITING = Script.load("waiting")

@@ -25,6 +25,7 @@ from ..report import Report, utcnow
 from ..sharding.merge import ChunkResult, merge
 from ..sharding.plan import ShardPlan
 from . import keys
+from .quarantine import muted
 from .scripts import (
     CHUNK_DONE,
     CHUNK_ORPHAN,
@@ -199,6 +200,7 @@ class Shards:
                        not_run_reason=stop_reason)
         if lost_reason and len(results) < len(plan.chunks):
             report = report.replace(message=f"{lost_reason}; {report.message}")
+        report = muted(self.store, report)
         stored = self.store.finish(report)
         self.clean(repo, sha, len(plan.chunks))
         if not stored:

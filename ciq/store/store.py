@@ -10,13 +10,14 @@ writes the final report, so each report of a branch makes at most one event.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 
 from ..errors import NotFound, StoreUnavailable
-from ..report import Report, utcnow
-from . import claims, keys, listing
+from ..report import Report
+from . import claims, keys, listing, metrics
 from .client import connect
 from .events import event_of, new_event_id
 from .scripts import (
@@ -113,11 +114,13 @@ class Store:
     def acquire(self, repo: str, sha: str, run_id: str, ttl: float, worker: str) -> int:
         """Take the lease of a commit: attempts so far, 0 if held, -1 if reported."""
         rid = keys.repo_id(repo)
+        now = keys.now_us()  # started_at and the queue wait are the same instant
+        started_at = datetime.fromtimestamp(now / 1e6, UTC).isoformat(timespec="milliseconds")
         return int(self._acquire(
             keys=[keys.lease(rid, sha), keys.report(repo, sha), keys.commit(rid, sha),
-                  keys.STARTED, keys.HOLDERS, keys.SENT],
-            args=[run_id, int(ttl * 1000), keys.member(rid, sha), worker, utcnow(),
-                  self.name]))
+                  keys.STARTED, keys.HOLDERS, keys.SENT, keys.metrics(rid)],
+            args=[run_id, int(ttl * 1000), keys.member(rid, sha), worker, started_at,
+                  self.name, now, metrics.acquire_args()]))
 
     def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
         rid = keys.repo_id(repo)
@@ -169,11 +172,13 @@ class Store:
         return bool(self._finish(
             keys=[keys.report(report.repo, report.commit), keys.commit(rid, report.commit),
                   keys.STARTED, keys.index(rid), keys.branch_state(rid), keys.EVENTS,
-                  keys.DUE, keys.lease(rid, report.commit), keys.HOLDERS, keys.SENT],
+                  keys.DUE, keys.lease(rid, report.commit), keys.HOLDERS, keys.SENT,
+                  keys.metrics(rid)],
             args=[json.dumps(meta), keys.member(rid, report.commit), report.status,
                   json.dumps(_summary_fields(report)), report.branch or "", report.commit,
                   event_id, json.dumps(event_of(report, event_id)), now // 1000, now,
-                  report.finished_at or "", (report.run_id or "") if fenced else ""]
+                  report.finished_at or "", (report.run_id or "") if fenced else "",
+                  metrics.finish_args(report)]
         ) == 1)  # fmt: skip
 
     def branch_state(self, repo: str) -> dict[str, dict[str, str]]:
@@ -192,8 +197,8 @@ class Store:
                 self.client.srem(keys.STARTED, member)
                 continue
             step = [keys.report(found[0], sha), keys.lease(rid, sha), keys.STARTED,
-                    keys.UNSENT]
-            if self._orphan(keys=step, args=[member]):
+                    keys.UNSENT, keys.commit(rid, sha)]
+            if self._orphan(keys=step, args=[member, keys.now_us()]):
                 orphans.append(found)
         return orphans
 

@@ -1,7 +1,8 @@
 """The web application: reports as HTML pages, a JSON API and status badges.
 
 ``create_app(settings)`` is the factory; :mod:`ciq.web.server` serves it with uvicorn.
-The app only reads Redis. Its pages load nothing from elsewhere (no CDN): one stylesheet
+The app only reads Redis, but for quarantining tests (:mod:`.quarantine`), which needs
+the operator token. Its pages load nothing from elsewhere (no CDN): one stylesheet
 and one script under ``/static``, which the Content-Security-Policy names as the only
 sources allowed.
 """
@@ -24,7 +25,7 @@ from .. import __version__
 from ..errors import BadInput, NotFound, StoreUnavailable
 from ..settings import Settings
 from ..store.store import Store
-from . import api, pages
+from . import api, metrics, pages, quarantine
 from .queries import Queries
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,15 @@ SECURITY_HEADERS = {
 
 DESCRIPTION = """\
 Reports of ciq, the distributed CI for Python projects: repositories, their commits
-newest first, one commit's report, per-test history and status badges. Read-only.
+newest first, one commit's report, per-test history, quarantined tests and status
+badges. Read-only, but for quarantining tests: those writes need the operator token
+(`CIQ_OPERATOR_TOKEN` of `ciq web`) as `Authorization: Bearer TOKEN`.
 
 Repositories are named by their id (`/api/repos` maps ids to repositories); a
 commit may be named by a unique prefix of its SHA (4 digits or more). Errors are
-`{"detail": "..."}` with status 400 (bad input), 404 (unknown repository or commit) or
-503 (Redis cannot be reached).
+`{"detail": "..."}` with status 400 (bad input), 401 (no or a wrong operator token),
+403 (writes not enabled), 404 (unknown repository or commit) or 503 (Redis cannot be
+reached).
 """
 
 
@@ -122,7 +126,9 @@ def _install_errors(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":
             return _error(request, 404, f"nothing at {request.url.path[:200]}; "
                                         "the repositories are at /")
-        return _error(request, exc.status_code, str(exc.detail))
+        response = _error(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # WWW-Authenticate of a 401
+        return response
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -133,10 +139,14 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url=None, redoc_url=None, openapi_url="/openapi.json",
     )
     app.state.queries = Queries(Store.from_url(settings.result_backend))
+    app.state.operator_token = settings.operator_token
     app.add_middleware(SecurityHeaders)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(api.router)
+    app.include_router(quarantine.api)
     app.include_router(pages.router)
+    app.include_router(quarantine.pages)
+    metrics.install(app, settings, app.state.queries.store.client)
     _install_errors(app)
 
     @app.get("/healthz", include_in_schema=False)

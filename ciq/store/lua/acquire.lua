@@ -1,6 +1,7 @@
 -- Take the lease of a commit for a run.
--- KEYS: lease, report, commit hash, started, holders, sent. ARGV: run id, ttl (ms),
--- member, worker, started_at, the name of the holder's Redis connection ('' for none).
+-- KEYS: lease, report, commit hash, started, holders, sent, the repository's metrics
+-- hash (optional). ARGV: run id, ttl (ms), member, worker, started_at, the name of the
+-- holder's Redis connection ('' for none), now (µs), the queue wait's bucket bounds (JSON).
 -- The holders entry says where a death of the holder is counted: the commit's hash.
 -- -1: the report exists; 0: another run holds the lease; else the attempts.
 if redis.call('EXISTS', KEYS[2]) == 1 then
@@ -11,4 +12,29 @@ redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[5], KEYS[1], ARGV[1] .. ' ' .. ARGV[6] .. ' ' .. KEYS[3] .. ' deaths') end
 redis.call('HSET', KEYS[3], 'run_id', ARGV[1], 'worker', ARGV[4], 'started_at', ARGV[5])
-return redis.call('HINCRBY', KEYS[3], 'attempts', 1)
+local n = redis.call('HINCRBY', KEYS[3], 'attempts', 1)
+if not KEYS[7] then return n end
+-- Metrics (ciq.store.metrics): why this run starts, and a first run's queue wait. A
+-- death is counted (dead.lua, release.lua) before its lease is free, so a rerun that
+-- sees more deaths than the run before it saw follows a lost worker.
+local reason = 'first'
+if n > 1 then
+  local deaths = redis.call('HGET', KEYS[3], 'deaths') or '0'
+  local seen = redis.call('HGET', KEYS[3], 'deaths_seen') or '0'
+  reason = deaths ~= seen and 'worker_lost' or 'lease_lapsed'
+  redis.call('HSET', KEYS[3], 'deaths_seen', deaths)
+end
+redis.call('HINCRBY', KEYS[7], 'c:attempt:' .. reason, 1)
+local enqueued = redis.call('HGET', KEYS[3], 'enqueued_us')
+if n == 1 and enqueued then
+  -- One bucket field (the first bound not passed; the reader makes them cumulative)
+  -- and the sum. Hosts' clocks may disagree: a negative wait counts as 0.
+  local wait = math.max(0, (tonumber(ARGV[7]) - tonumber(enqueued)) / 1e6)
+  local le = '+Inf'
+  for _, b in ipairs(cjson.decode(ARGV[8])) do
+    if wait <= tonumber(b) then le = b; break end
+  end
+  redis.call('HINCRBY', KEYS[7], 'h:queue_wait:' .. le, 1)
+  redis.call('HINCRBYFLOAT', KEYS[7], 'h:queue_wait:sum', string.format('%.6f', wait))
+end
+return n

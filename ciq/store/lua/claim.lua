@@ -1,5 +1,6 @@
 -- Claim a commit: record it as seen, once, with its metadata and its place in history.
--- KEYS: commit hash, index, unsent, repos, broker queue (or ciq:none), sent.
+-- KEYS: commit hash, index, unsent, repos, broker queue (or ciq:none), sent, the
+-- repository's metrics hash (optional).
 -- ARGV: flat fields (JSON), now (µs), sha, member, rid, repo, message ('' for none).
 -- With a message (the broker is this same Redis) the claim and the broker message are
 -- one atomic step; without, the commit waits in the unsent set until the caller has
@@ -19,4 +20,6 @@ if ARGV[7] ~= '' then
 else
   redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
 end
+-- Metrics (ciq.store.metrics): commits enqueued, counted in the step that claims them.
+if KEYS[7] then redis.call('HINCRBY', KEYS[7], 'c:enqueued', 1) end
 return 1

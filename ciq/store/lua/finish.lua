@@ -1,10 +1,11 @@
 -- Store the final report of a commit, once (compare-and-set), and what follows from it.
 -- KEYS: report, commit hash, started, index, branch state, events, due, lease, holders,
--- sent.
+-- sent, the repository's metrics hash (optional).
 -- ARGV: report meta (JSON), member, status, summary fields (a flat JSON list), branch,
 -- sha, event id, event (JSON), due (ms), score of a commit missing from the index (now,
--- µs), finished_at, run id ('' for a merge of chunks). 1: stored; 0: a report was there
--- already; -1: another run holds the commit's lease (this run's is stale: fenced out).
+-- µs), finished_at, run id ('' for a merge of chunks), what to count of the report (JSON,
+-- see ciq.store.metrics.finish_args). 1: stored; 0: a report was there already; -1:
+-- another run holds the commit's lease (this run's is stale: fenced out).
 --
 -- The summary goes into the commit's hash too, so that listing history never reads
 -- whole reports. A report on a branch then moves the branch's state and makes a
@@ -23,6 +24,28 @@ redis.call('HSET', KEYS[2], 'status', ARGV[3], unpack(cjson.decode(ARGV[4])))
 redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[10], ARGV[2])
 redis.call('HDEL', KEYS[9], KEYS[8])
+if KEYS[11] then
+  -- Metrics (ciq.store.metrics), counted once as the report is stored once: counters,
+  -- observations and the time to report (now less the claim). A histogram gets one
+  -- bucket field (the first bound not passed; the reader makes them cumulative) and its
+  -- sum; hosts' clocks may disagree, so a negative time counts as 0.
+  local m = cjson.decode(ARGV[13])
+  local function observe(name, value, bounds)
+    value = math.max(0, value)
+    local le = '+Inf'
+    for _, b in ipairs(bounds) do
+      if value <= tonumber(b) then le = b; break end
+    end
+    redis.call('HINCRBY', KEYS[11], 'h:' .. name .. ':' .. le, 1)
+    redis.call('HINCRBYFLOAT', KEYS[11], 'h:' .. name .. ':sum', string.format('%.6f', value))
+  end
+  for _, c in ipairs(m.count) do redis.call('HINCRBY', KEYS[11], 'c:' .. c, 1) end
+  for _, o in ipairs(m.observe) do observe(o[1], o[2], o[3]) end
+  local enqueued = redis.call('HGET', KEYS[2], 'enqueued_us')
+  if enqueued then
+    observe('time_to_report', (tonumber(ARGV[10]) - tonumber(enqueued)) / 1e6, m.time_to_report)
+  end
+end
 if ARGV[5] == '' then return 1 end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[6]) or ARGV[10]
 local raw = redis.call('HGET', KEYS[5], ARGV[5])
