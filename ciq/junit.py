@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
@@ -96,6 +97,30 @@ def parse_junit(path: str | os.PathLike[str]) -> list[TestResult]:
     return results
 
 
+#: An exception's name at the start of a failure message ("ValueError: ..."): its type.
+_TYPE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Failed|Interrupt))\b")
+
+
+def _reruns(case: Element, t: TestResult) -> None:
+    """The failed runs of a rerun test, the way Surefire writes them (and Jenkins, GitLab
+    read them): ``<flakyFailure>``/``<flakyError>`` in a test that passed in the end,
+    ``<rerunFailure>``/``<rerunError>`` in one that kept failing; message and type as
+    attributes, the text in ``<stackTrace>``."""
+    if not t.attempts:
+        return
+    prefix = "flaky" if t.outcome == "passed" else "rerun"
+    failed = [a for a in t.attempts if a.outcome in ("failed", "error")]
+    if prefix == "rerun":
+        failed = failed[1:]  # the first is the testcase's own <failure>
+    for a in failed:
+        tag = prefix + ("Failure" if a.outcome == "failed" else "Error")
+        first = a.message.split("\n", 1)[0]
+        found = _TYPE.match(first)
+        child = SubElement(case, tag, message=xml_safe(first),
+                           type=xml_safe(found.group(1) if found else a.outcome))
+        SubElement(child, "stackTrace").text = xml_safe(a.message)
+
+
 def to_junit(report: Report) -> str:
     """Render a report as JUnit XML (for `ciq report --junit`)."""
     s = report.summary
@@ -125,6 +150,7 @@ def to_junit(report: Report) -> str:
             tag = {"failed": "failure", "error": "error", "skipped": "skipped"}[t.outcome]
             child = SubElement(case, tag, message=xml_safe(t.message.split("\n", 1)[0]))
             child.text = xml_safe(t.message)
+        _reruns(case, t)
     if report.status in ("error", "timeout"):
         case = SubElement(suite, "testcase", classname="ciq", name=report.status)
         SubElement(case, "error", message=xml_safe(report.message)).text = xml_safe(report.output)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-STATUSES = ("passed", "failed", "error", "timeout")
+#: `flaky`: "passed with flakes", every failing test passed when rerun (:mod:`ciq.flaky`).
+STATUSES = ("passed", "failed", "error", "timeout", "flaky")
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
 
@@ -16,13 +17,56 @@ def utcnow() -> str:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One run of one test: the commit's run, or a rerun of a failing test to tell a
+    flake from a break (:mod:`ciq.flaky`)."""
+
+    outcome: str
+    duration: float = 0.0
+    message: str = ""
+    worker: str | None = None
+    #: "run" (the commit's run), "alone" (the test by itself), "in order" (after the
+    #: tests that ran before it in the commit's run).
+    kind: str = "run"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+        worker = data.get("worker")
+        return cls(outcome=str(data.get("outcome", "")),
+                   duration=float(data.get("duration", 0.0)),
+                   message=str(data.get("message", "")),
+                   worker=str(worker) if worker is not None else None,
+                   kind=str(data.get("kind", "run")))
+
+
+@dataclass(frozen=True)
 class TestResult:
     id: str
     outcome: str
     duration: float = 0.0
     message: str = ""
+    #: Every run of the test when it was rerun (the commit's run first); empty otherwise.
+    attempts: tuple[Attempt, ...] = ()
+    #: What its reruns said (:data:`ciq.flaky.VERDICTS`): "flaky", "order-dependent",
+    #: "confirmed", "not rerun"; empty when it was not rerun.
+    verdict: str = ""
 
     __test__ = False  # not a pytest test class
+
+    @property
+    def flaky(self) -> bool:
+        return self.verdict in ("flaky", "order-dependent")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The test as JSON; the rerun fields only when it was rerun (reports of large
+        suites stay as they were)."""
+        data: dict[str, Any] = {"id": self.id, "outcome": self.outcome,
+                                "duration": self.duration, "message": self.message}
+        if self.attempts:
+            data["attempts"] = [dataclasses.asdict(a) for a in self.attempts]
+        if self.verdict:
+            data["verdict"] = self.verdict
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TestResult:
@@ -31,6 +75,8 @@ class TestResult:
             outcome=str(data["outcome"]),
             duration=float(data.get("duration", 0.0)),
             message=str(data.get("message", "")),
+            attempts=tuple(Attempt.from_dict(a) for a in data.get("attempts", ())),
+            verdict=str(data.get("verdict", "")),
         )
 
 
@@ -91,6 +137,10 @@ class Report:
     #: test id -> {owner, reason, expires_at}. Their outcomes are real; their failures
     #: did not decide the status.
     quarantined: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: The reruns of its failing tests (:mod:`ciq.flaky`): "tests" (how many were
+    #: rerun), "runs" (pytest processes), "seconds" (their time), "note" (why some or all
+    #: were not rerun); empty when nothing was rerun.
+    deflake: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -98,7 +148,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["tests"] = [dataclasses.asdict(t) for t in self.tests]
+        data["tests"] = [t.to_dict() for t in self.tests]
         data["not_run"] = list(self.not_run)
         return data
 
@@ -110,6 +160,11 @@ class Report:
         values["tests"] = tuple(TestResult.from_dict(t) for t in data.get("tests", ()))
         values["not_run"] = tuple(str(i) for i in data.get("not_run", ()))
         return cls(**values)
+
+    @property
+    def flaky(self) -> tuple[TestResult, ...]:
+        """Its tests that failed and then passed when rerun."""
+        return tuple(t for t in self.tests if t.flaky)
 
     def replace(self, **changes: Any) -> Report:
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,7 @@ from ciq.web.metrics import ClusterCollector
 from .helpers import PASSING, REPO, RedisServer, Web, claim, finish, sha, start_web, wait_report
 
 #: The only label names /metrics may have: none of them can hold a SHA, a test id or a pid.
-LABELS = {"repo", "status", "reason", "cache", "queue", "le"}
+LABELS = {"repo", "status", "reason", "cache", "queue", "le", "verdict"}
 
 
 def scrape(store: Store, broker: Any = None) -> dict[str, list[Any]]:

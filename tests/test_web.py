@@ -281,7 +281,7 @@ def test_unknown_and_malformed_names(web: Web, store: Store) -> None:
     assert web.get("/docs").status == 404 and web.get("/redoc").status == 404
 
 
-def test_test_history_marks_flaky_and_newly_broken_tests(web: Web, store: Store) -> None:
+def test_test_history_marks_unstable_and_newly_broken_tests(web: Web, store: Store) -> None:
     # Given five reports, oldest first: one test flips, one breaks in the newest
     flaky = ["passed", "failed", "passed", "failed", "passed"]
     broken = ["passed", "passed", "passed", "passed", "failed"]
@@ -300,20 +300,21 @@ def test_test_history_marks_flaky_and_newly_broken_tests(web: Web, store: Store)
                                                  "tests/t.py::test_flaky",
                                                  "tests/t.py::test_ok"]
     assert tests["tests/t.py::test_broken"]["newly_broken"] is True
-    assert tests["tests/t.py::test_broken"]["flaky"] is False
-    assert tests["tests/t.py::test_flaky"]["flaky"] is True
+    assert tests["tests/t.py::test_broken"]["unstable"] is False
+    assert tests["tests/t.py::test_flaky"]["unstable"] is True
+    assert tests["tests/t.py::test_flaky"]["flakes"] == 0  # no same-commit evidence
     assert tests["tests/t.py::test_flaky"]["newly_broken"] is False
     assert tests["tests/t.py::test_flaky"]["outcomes"] == list(reversed(flaky))
-    assert not tests["tests/t.py::test_ok"]["flaky"]
+    assert not tests["tests/t.py::test_ok"]["unstable"]
     # The window: the newest two only, where the flaky one flipped once
     two = web.json(f"/api/repos/{RID}/tests?n=2")
     assert len(two["commits"]) == 2
-    assert not {t["id"]: t for t in two["tests"]}["tests/t.py::test_flaky"]["flaky"]
+    assert not {t["id"]: t for t in two["tests"]}["tests/t.py::test_flaky"]["unstable"]
 
     page = web.get(f"/repos/{RID}/tests")
     rows = re.findall(r'<tr data-test="([^"]+)" class="([^"]*)">', page.text)
     assert [(t, c.split()) for t, c in rows] == [("tests/t.py::test_broken", ["newly"]),
-                                                 ("tests/t.py::test_flaky", ["flaky"]),
+                                                 ("tests/t.py::test_flaky", ["unstable"]),
                                                  ("tests/t.py::test_ok", [])]
     assert page.text.count('<td class="cell o-failed"') == 3
 
@@ -446,7 +447,7 @@ def test_history_rules_on_their_own() -> None:
     assert (by_id["new"].newly_broken, by_id["new"].failing) == (False, True)
     # A skip between two runs is no flip; an error counts as a failure
     assert (by_id["skip"].flips, by_id["skip"].newly_broken) == (1, False)
-    assert (by_id["err"].flaky, by_id["err"].newly_broken) == (True, True)
+    assert (by_id["err"].unstable, by_id["err"].newly_broken) == (True, True)
     assert by_id["gone"].outcomes == ("passed", None, "failed")
     assert [t.id for t in h.tests] == ["err", "new", "skip", "gone"]
     assert history([]).tests == ()

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..flaky import runs_line
 from ..report import Report
 from ..text import age, printable
 
 STATUS_COLOURS = {"passed": "green", "failed": "red", "error": "magenta", "timeout": "yellow",
-                  "running": "cyan", "queued": "blue"}
+                  "flaky": "yellow", "running": "cyan", "queued": "blue"}
 _FG = {"red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36}
 
 
@@ -94,7 +95,15 @@ def report_text(r: Report, colour: bool) -> str:
         else:
             out.append(paint(f"\n{bad.outcome.upper()} {printable(bad.id)}", fg="red"))
         out.append("    " + printable(bad.message).replace("\n", "\n    ")[:2000])
-    if r.status != "passed" and r.output:
+        if bad.attempts:
+            out.append(f"    {bad.verdict}: {printable(runs_line(bad))}")
+    for flake in r.flaky:
+        out.append(paint(f"\n{flake.verdict.upper()} {printable(flake.id)}", fg="yellow"))
+        out.append(f"    {printable(runs_line(flake))}")
+        first = next((a for a in flake.attempts if a.outcome != "passed"), None)
+        if first is not None:
+            out.append("    " + printable(first.message).replace("\n", "\n    ")[:2000])
+    if r.status not in ("passed", "flaky") and r.output:
         out.append(paint("\n--- output ---", dim=True))
         out.append(printable(r.output)[-8000:])
     return "\n".join(out)

@@ -15,10 +15,10 @@ passed              ``passed``                       ``broken``
 not passed          ``fixed``                        ``still-failing``
 ==================  ===============================  ===============================
 
-"Not passed" is `failed`, `error` or `timeout`. Whether an event is sent depends on the
-``on`` setting (CIQ_NOTIFY_ON, or a repository's ``notify.on``), read when it is
-delivered: ``change`` sends `broken` and `fixed`; ``failure`` also `still-failing`;
-``always`` every event; ``never`` none.
+"Not passed" is `failed`, `error` or `timeout`; `flaky` counts as passed. Whether an
+event is sent depends on the ``on`` setting (CIQ_NOTIFY_ON, or a repository's
+``notify.on``), read when it is delivered: ``change`` sends `broken` and `fixed`;
+``failure`` also `still-failing`; ``always`` every event; ``never`` none.
 
 An event is JSON (see :func:`ciq.store.events.event_of`, completed by the script with
 ``kind``, ``previous``, ``subject`` and ``author``). It holds no secret: secrets are read
@@ -37,6 +37,10 @@ from ..urls import repo_name
 #: Kinds of event, as in the X-Ciq-Event header.
 KINDS = ("broken", "still-failing", "fixed", "passed")
 
+#: Statuses that keep a branch green: `flaky` ("passed with flakes") is not a break, so
+#: it sends no `broken` event (its report still names the tests that flaked).
+GREEN = frozenset({"passed", "flaky"})
+
 #: The kinds each ``on`` setting sends.
 WANTED: dict[str, frozenset[str]] = {
     "change": frozenset({"broken", "fixed"}),
@@ -49,8 +53,8 @@ WANTED: dict[str, frozenset[str]] = {
 def kind_of(previous: str | None, status: str) -> str:
     """The kind of event of a branch's new report with ``status`` after one with status
     ``previous`` (None: the branch's first). ``lua/finish.lua`` does the same in Redis."""
-    was_red = previous is not None and previous != "passed"
-    if status == "passed":
+    was_red = previous is not None and previous not in GREEN
+    if status in GREEN:
         return "fixed" if was_red else "passed"
     return "still-failing" if was_red else "broken"
 
@@ -89,6 +93,8 @@ def _outcome(event: dict[str, Any]) -> str:
     s = event.get("summary", {})
     if event["status"] == "passed":
         return f"{s.get('passed', 0)} passed"
+    if event["status"] == "flaky":
+        return f"{s.get('passed', 0)} passed with flakes"
     if event["status"] == "failed":
         bad = s.get("failed", 0) + s.get("errors", 0)
         return f"{bad} failed" if bad else "failed"

@@ -100,8 +100,9 @@ def email_text(event: dict[str, Any], web_url: str | None) -> str:
     lines = [headline(event), ""]
     if event["status"] == "failed" and s.get("total"):
         lines.append(f"{s.get('failed', 0) + s.get('errors', 0)} of {s['total']} tests failed.")
-    elif event["status"] == "passed":
-        lines.append(f"{s.get('passed', 0)} of {s.get('total', 0)} tests passed.")
+    elif event["status"] in ("passed", "flaky"):
+        lines.append(f"{s.get('passed', 0)} of {s.get('total', 0)} tests passed"
+                     + (", some only when rerun." if event["status"] == "flaky" else "."))
     if event.get("message"):
         lines.append(event["message"])
     previous = event.get("previous")

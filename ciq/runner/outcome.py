@@ -47,12 +47,15 @@ def default_tests(checkout: Path) -> list[str]:
 
 
 def default_command(junit_path: Path, checkout: Path, python: str,
-                    targets: list[str] | None = None, selection: Path | None = None
-                    ) -> list[str]:
+                    targets: list[str] | None = None, selection: Path | None = None,
+                    live: Path | None = None) -> list[str]:
     """pytest on ``targets`` (paths; default: :func:`default_tests`), writing JUnit; with
-    ``selection`` (a JSON list of test ids), only those tests run (:mod:`.selection`,
-    which must be importable as ``ciq_selection``)."""
-    chosen = ["-p", SELECTION_PLUGIN, f"--ciq-ids={selection}"] if selection else []
+    ``selection`` (a JSON list of test ids), only those tests run; with ``live``, each
+    outcome goes to that file as it happens (both by :mod:`.selection`, which must then
+    be importable as ``ciq_selection``)."""
+    chosen = ["-p", SELECTION_PLUGIN] if selection or live else []
+    chosen += [f"--ciq-ids={selection}"] if selection else []
+    chosen += [f"--ciq-live={live}"] if live else []
     return [
         python, "-m", "pytest", *(default_tests(checkout) if targets is None else targets),
         f"--junitxml={junit_path}", "-o", "junit_family=xunit1", "-p", "no:cacheprovider",

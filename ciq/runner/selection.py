@@ -12,6 +12,11 @@ project's). Never imported by the worker.
   count just the chunk. The command line names only the files those ids are in: the
   ids themselves never pass through argv (its size limits, and the odd characters of
   parametrised ids).
+* ``--ciq-live=FILE``: each test's outcome is appended to FILE as it happens, one JSON
+  line (``id``, ``outcome``, ``duration``, ``message`` for a failure, ``when``: epoch
+  seconds), flushed at once, so that the worker's tail of it (``ciq.runner.live``) shows
+  the first failure long before the report. Bounded: nothing more after
+  :data:`LIVE_LINES` lines or :data:`LIVE_BYTES` bytes (the report has every test).
 
 Standard library and pytest only, nothing of ``ciq``: it runs in the commit's
 environment, whose pytest may be older than the worker's (7.0 and later).
@@ -21,8 +26,16 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from typing import IO, Any
 
 import pytest
+
+#: Most lines and bytes a run's live file gets; the rest of the run is in its report.
+LIVE_LINES = 100_000
+LIVE_BYTES = 16 << 20
+#: Characters of a failure's message in its live line.
+LIVE_MESSAGE = 500
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,6 +44,69 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run only the tests whose ids FILE (a JSON list) names")
     group.addoption("--ciq-collected", metavar="FILE", default=None,
                     help="write the ids of the collected tests to FILE (a JSON list)")
+    group.addoption("--ciq-live", metavar="FILE", default=None,
+                    help="append each test's outcome to FILE as it happens (JSON lines)")
+
+
+class _Live:
+    """The live file of a run (a plugin of its own once configured): one flushed JSON
+    line per test outcome, up to the bounds."""
+
+    def __init__(self, fh: IO[str]) -> None:
+        self.fh, self.lines, self.size = fh, 0, 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = _entry(report)
+        if entry is None:
+            return
+        line = json.dumps(entry) + "\n"
+        if self.lines >= LIVE_LINES or self.size + len(line) > LIVE_BYTES:
+            return
+        self.lines, self.size = self.lines + 1, self.size + len(line)
+        try:
+            self.fh.write(line)
+            self.fh.flush()
+        except OSError:  # a full disk, say: the report is what counts
+            self.lines = LIVE_LINES
+
+    def pytest_unconfigure(self) -> None:
+        self.fh.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("ciq_live", None)
+    if path:
+        config.pluginmanager.register(_Live(open(path, "a", encoding="utf-8")), "ciq-live")
+
+
+def _entry(report: pytest.TestReport) -> dict[str, Any] | None:
+    """What a phase's report says of its test: the call's outcome; a setup's that did
+    not pass (an error, a skip); a teardown's error. None for the phases that say
+    nothing new."""
+    outcome: str
+    if report.when == "call":
+        outcome = report.outcome
+        if hasattr(report, "wasxfail"):
+            outcome = "skipped" if report.skipped else "failed"  # xfail / xpass strict
+    elif report.when == "setup" and not report.passed:
+        outcome = "skipped" if report.skipped else "error"
+    elif report.when == "teardown" and report.failed:
+        outcome = "error"
+    else:
+        return None
+    entry: dict[str, Any] = {"id": report.nodeid, "outcome": outcome,
+                             "duration": round(report.duration, 6), "when": time.time()}
+    if outcome in ("failed", "error"):
+        entry["message"] = _message(report)
+    return entry
+
+
+def _message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    text = getattr(crash, "message", None) or report.longreprtext.strip().splitlines()[-1:]
+    if isinstance(text, list):
+        text = text[0] if text else ""
+    return str(text)[:LIVE_MESSAGE]
 
 
 @pytest.hookimpl(trylast=True)  # after the project's own selection and reordering

@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..flaky import VERDICTS
 from ..report import STATUSES, Report
 from ..urls import redacted
 
@@ -46,6 +47,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "outcome": ("status", STATUSES),
     "attempt": ("reason", ATTEMPT_REASONS),
     "environment": ("cache", CACHE),
+    # One per failing test rerun to tell a flake from a break (ciq.flaky).
+    "deflaked": ("verdict", VERDICTS),
 }
 
 #: Seconds, the buckets of the time histograms: from a warm cache to an hour's wait.
@@ -79,6 +82,7 @@ def finish_args(report: Report) -> str:
     setup = report.timings.get("setup")
     if isinstance(setup, int | float):
         observe.append(["setup_seconds", float(setup)])
+    count += [f"deflaked:{t.verdict}" for t in report.tests if t.verdict in VERDICTS]
     imbalance = report.shards.get("imbalance")
     if isinstance(imbalance, int | float) and not isinstance(imbalance, bool):
         observe.append(["imbalance", float(imbalance)])

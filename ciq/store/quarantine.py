@@ -127,3 +127,13 @@ def muted(store: Store, report: Report) -> Report:
                        "%s is reported without them", report.repo, exc, report.commit[:12])
         return report
     return apply(report, entries)
+
+
+def muted_ids(store: Store, repo: str, tag: str = "quarantine") -> frozenset[str]:
+    """The ids of the tests of ``repo`` quarantined now (they are not rerun when they
+    fail); none when Redis cannot say (then they are rerun too, which costs only time)."""
+    try:
+        return frozenset(Quarantine(store).in_force(repo))
+    except redis.RedisError as exc:
+        logger.warning("%s: cannot read the quarantined tests of %s: %s", tag, repo, exc)
+        return frozenset()

@@ -85,11 +85,14 @@ class TestHistoryOut(BaseModel):
     id: str
     outcomes: list[str | None] = Field(description="One per commit, newest first; null "
                                                    "where the test did not run.")
-    flaky: bool = Field(description="Flipped between passing and failing at least twice.")
+    unstable: bool = Field(description="Flipped between passing and failing at least "
+                                       "twice (for ranking: a break fixed later flips too).")
     newly_broken: bool = Field(description="Fails in the newest commit, passed in the "
                                            "one before.")
     failing: bool
     flips: int
+    flakes: int = Field(0, description="Commits of the window on which it failed, then "
+                                       "passed when rerun on the same commit (flaky).")
 
 
 class HistoryOut(BaseModel):
@@ -97,7 +100,7 @@ class HistoryOut(BaseModel):
     repo: str
     branch: str | None
     commits: list[CommitRow] = Field(description="Commits with a report, newest first.")
-    tests: list[TestHistoryOut] = Field(description="Newly broken first, then flaky, then "
+    tests: list[TestHistoryOut] = Field(description="Newly broken first, then flaky, unstable, "
                                                     "failing, then the rest.")
 
 

@@ -12,6 +12,7 @@ BADGES: dict[str | None, tuple[str, str]] = {
     "failed": ("failing", "#d73a49"),
     "error": ("error", "#b3287f"),
     "timeout": ("timeout", "#c99a06"),
+    "flaky": ("flaky", "#8a9a2c"),
     "running": ("running", "#5b7fa6"),
     "queued": ("queued", "#6f8aa8"),
     None: ("unknown", "#8c8c8c"),

@@ -43,6 +43,8 @@ _COUNTERS = {
                 "with no death seen)."),
     "environment": ("ciq_environment_setups", "Run environments set up: cache hit or miss "
                     "(built for the run)."),
+    "deflaked": ("ciq_deflaked_tests", "Failing tests rerun on their commit, by verdict: "
+                 "flaky, order-dependent, confirmed, not rerun."),
 }
 #: Histograms: (name, help).
 _HISTOGRAMS = {

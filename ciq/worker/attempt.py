@@ -24,12 +24,13 @@ from ..repoconfig import RepoConfig
 from ..report import Report, utcnow
 from ..runner.box import Limits
 from ..runner.commit import Checkout, collect, prepare, run_tests
+from ..runner.deflake import deflake
 from ..runner.runs import RunSpec, clean_up
 from ..settings import Settings
 from ..sharding.plan import ShardPlan, decide, plan_chunks
 from ..store import outbox
 from ..store.client import process_name
-from ..store.quarantine import muted
+from ..store.quarantine import muted, muted_ids
 from ..store.shards import DROPPED, LAST, Shards
 from ..store.store import Store
 from .lease import ChunkLease, CommitLease, Heartbeat, Lease, patiently, wait_for
@@ -165,7 +166,11 @@ class _Attempt:
             if self.plan is not None:
                 assert self.lease.chunk is not None
                 return run_tests(ready, self.plan.chunks[self.lease.chunk])
-            return run_tests(ready, self._shard(ready))
+            only = self._shard(ready)
+            report = run_tests(ready, only)
+            if self.plan is not None:  # a chunk: sharded merges are not rerun (yet)
+                return report
+            return deflake(ready, report, muted_ids(self.a.store, self.repo, self.tag))
 
     # -- sharding -----------------------------------------------------------------------
 

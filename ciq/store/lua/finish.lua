@@ -57,9 +57,11 @@ end
 if prev and (tonumber(prev.score) or 0) > tonumber(score) then return 1 end
 redis.call('HSET', KEYS[5], ARGV[5], cjson.encode(
   {status = ARGV[3], commit = ARGV[6], score = score, finished_at = ARGV[11]}))
-local was_red = prev and prev.status ~= 'passed'
+-- `flaky` ("passed with flakes") keeps a branch green: no "broken" event for it.
+local function green(status) return status == 'passed' or status == 'flaky' end
+local was_red = prev and not green(prev.status)
 local kind
-if ARGV[3] == 'passed' then
+if green(ARGV[3]) then
   kind = was_red and 'fixed' or 'passed'
 else
   kind = was_red and 'still-failing' or 'broken'

@@ -1,0 +1,122 @@
+"""Flaky or broken: what the reruns of a commit's failing tests say.
+
+Pure functions, no Redis and no processes; the reruns themselves are made by
+:mod:`ciq.runner.deflake`, in the failing run's own checkout and environment.
+
+A failing test is rerun a few times by itself ("alone") and once after the tests that ran
+before it in the commit's run ("in order"). Same-commit evidence only: the code did not
+change between the runs, so a rerun that passes means the test's outcome does not follow
+from the code alone.
+
+* any rerun passes: **flaky**; **order-dependent** when every run alone passed and the run
+  in order failed again (it fails because of what ran before it);
+* every rerun fails: **confirmed**;
+* no rerun could be made (too many failing tests, no time left, the reruns themselves
+  broke down): **not rerun**, which counts as a failure.
+
+A commit whose only failures (quarantined ones aside) are flaky gets the status `flaky`,
+"passed with flakes": not silently green, and not a broken branch either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from .quarantine import plural
+from .report import Attempt, Report, Summary, TestResult
+
+VERDICTS = ("flaky", "order-dependent", "confirmed", "not rerun")
+#: Runs of each failing test by itself.
+ALONE_RUNS = 3
+#: Failing tests rerun at most: more failing at once is a break, not a flake.
+MAX_TESTS = 20
+#: Test ids a message names at most.
+NAMED = 5
+
+_FAILING = ("failed", "error")
+_EVIDENCE = ("passed", "failed", "error")
+
+
+def classify(alone: Sequence[str], in_order: str | None) -> str:
+    """The verdict of a failing test from the outcomes of its reruns by itself
+    (``alone``) and after the tests before it (``in_order``; None: not made). Outcomes
+    other than passed, failed and error (skipped, not run) are no evidence."""
+    alone = [o for o in alone if o in _EVIDENCE]
+    order = in_order if in_order in _EVIDENCE else None
+    if not alone and order is None:
+        return "not rerun"
+    if alone and all(o == "passed" for o in alone) and order in _FAILING:
+        return "order-dependent"
+    if "passed" in alone or order == "passed":
+        return "flaky"
+    return "confirmed"
+
+
+def to_rerun(report: Report, muted: Collection[str] = ()) -> list[str]:
+    """The ids of the tests of ``report`` to rerun: none unless the run is sound
+    evidence (`failed` because tests failed, every test ran, pytest's exit status 1:
+    never a timeout, a run stopped at a limit, an environment that did not build); then
+    its failing tests, quarantined ones (``muted``) aside."""
+    if report.status != "failed" or report.not_run or report.exit_code != 1 or report.shards:
+        return []
+    return [t.id for t in report.tests if t.outcome in _FAILING and t.id not in muted]
+
+
+def judge(report: Report, reruns: Mapping[str, Sequence[Attempt]], muted: Collection[str] = (),
+          info: Mapping[str, Any] | None = None) -> Report:
+    """``report`` with the verdicts of its failing tests: ``reruns`` holds each rerun
+    test's attempts (a test left out was not rerun). A flaky test's outcome becomes
+    `passed` (the run that passed), its failed runs kept in ``attempts``; the status is
+    `flaky` when the only failures left are quarantined ones, else `failed` with the
+    flaky tests named in its message. ``info`` goes to ``report.deflake``."""
+    failing = set(to_rerun(report, muted))
+    if not failing:
+        return report
+    tests: list[TestResult] = []
+    for t in report.tests:
+        if t.id not in failing:
+            tests.append(t)
+            continue
+        first = Attempt(t.outcome, t.duration, t.message, report.worker, "run")
+        runs = tuple(reruns.get(t.id, ()))
+        verdict = classify([a.outcome for a in runs if a.kind == "alone"],
+                           next((a.outcome for a in runs if a.kind == "in order"), None))
+        if verdict in ("flaky", "order-dependent"):
+            passed = next(a for a in runs if a.outcome == "passed")
+            bad = 1 + sum(a.outcome in _FAILING for a in runs)
+            tests.append(TestResult(t.id, "passed", passed.duration,
+                                    f"{verdict}: failed {bad} of {1 + len(runs)} runs",
+                                    (first, *runs), verdict))
+        else:
+            tests.append(TestResult(t.id, t.outcome, t.duration, t.message, (first, *runs),
+                                    verdict))
+    flaky = [t for t in tests if t.flaky]
+    muted_failing = sum(1 for t in tests if t.outcome in _FAILING and t.id in muted)
+    real = sum(1 for t in tests if t.outcome in _FAILING and t.id not in muted)
+    quarantined = f", {plural(muted_failing)}" if muted_failing else ""
+    if flaky and not real:
+        status, message = "flaky", f"passed with flakes: {flaked(flaky)}{quarantined}"
+    else:
+        status = "failed"
+        message = f"{real} of {len(tests)} tests failed" + (
+            f", and {plural(muted_failing)}" if muted_failing else "")
+        if flaky:
+            message += f"; {flaked(flaky)}"
+    return report.replace(status=status, message=message, tests=tuple(tests),
+                          summary=Summary.of(tests), deflake=dict(info or {}))
+
+
+def flaked(tests: Sequence[TestResult]) -> str:
+    """"2 flaky tests: a (order-dependent), b"."""
+    names = [t.id + (" (order-dependent)" if t.verdict == "order-dependent" else "")
+             for t in tests[:NAMED]]
+    more = f" and {len(tests) - NAMED} more" if len(tests) > NAMED else ""
+    word = "test" if len(tests) == 1 else "tests"
+    return f"{len(tests)} flaky {word}: {', '.join(names)}{more}"
+
+
+def runs_line(t: TestResult) -> str:
+    """A rerun test's runs in one line: "run failed 0.20s on w1, alone passed 0.01s on w1"."""
+    return ", ".join(f"{a.kind} {a.outcome} {a.duration:.2f}s on {a.worker or '-'}"
+                     for a in t.attempts)
