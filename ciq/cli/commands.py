@@ -21,6 +21,7 @@ import click
 from ..errors import BadInput, NotFound
 from ..report import Report
 from ..settings import Settings
+from ..text import printable
 from . import MAX_LIMIT, explain, fail
 from . import enqueue as enqueue_commit
 from . import status as status_command
@@ -235,10 +236,20 @@ def _watch(store: Store, repo: str, sha: str, tty: bool) -> Any:
     """Print a watched commit's state as it changes (on one line rewritten in place on a
     terminal, a line per change otherwise), on stderr so that stdout stays the report;
     return the final report."""
+    from ..store.live import first_failure
+
     shown = None
     started = time.monotonic()
+    failure_told = False
     while (found := store.report(repo, sha)) is None:
         meta = store.commit(repo, sha)
+        if not failure_told and (failure := first_failure(store, repo, sha)):
+            # Seconds after it happened, long before the report: worth its own line.
+            failure_told = True
+            message = printable(str(failure.get("message") or ""))[:200]
+            click.echo(f"{chr(13)}\033[K" if tty else "", nl=False, err=True)
+            click.echo(f"first failure: {printable(str(failure.get('id')))}"
+                       f"{': ' + message if message else ''}", err=True)
         if store.lease_holder(repo, sha):
             state = f"running on {meta.get('worker') or '?'} (attempt {meta.get('attempts', 1)})"
         else:

@@ -41,6 +41,7 @@ from .box import (
     own_interpreter,
 )
 from .environments import Builder, EnvCache
+from .live import LIVE_FILE, tail
 from .outcome import (
     SELECTION_PLUGIN,
     build_failure,
@@ -302,7 +303,7 @@ def _with_selection(env: dict[str, str], folder: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": path}
 
 
-def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
+def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True) -> Report:
     """Run the test command in the run's environment and make the report of it; with
     ``only``, pytest runs just those test ids (a chunk of a sharded commit): they go to
     the in-box plugin in a file, pytest's command line names only their files."""
@@ -322,18 +323,20 @@ def run_tests(ready: Checkout, only: list[str] | None = None) -> Report:
         python = str(ready.overlay / "bin" / "python")
         env = _src_on_path(ready.worktree, env)
         shown = ready.shown_command
-        if only is None:
-            cmd = default_command(junit_path, ready.worktree, python)
-        else:
-            folder = _selection(ready.run_dir, only)
-            env, read = _with_selection(env, folder), [folder]
-            cmd = default_command(junit_path, ready.worktree, python,
-                                  chunk_targets(ready.worktree, only), folder / "chunk.json")
+        folder = _selection(ready.run_dir, only)
+        env, read = _with_selection(env, folder), [folder]
+        stream = ready.rooms.out / LIVE_FILE if live and ready.spec.live else None
+        cmd = default_command(junit_path, ready.worktree, python,
+                              None if only is None else chunk_targets(ready.worktree, only),
+                              None if only is None else folder / "chunk.json", stream)
+        if only is not None:
             shown = f"{shown} ({len(only)} tests of a sharded run)"
     spec = ready.spec
-    done = run_sandboxed(cmd, ready.box(env).allow_read(*read), ready.left(),
-                         spec.output_limit, ready.run_dir, spec.min_free_bytes)
-    timings = {**ready.timings, "test": round(done.seconds, 3)}
+    follow = spec.live if live and not test else None
+    with tail(ready.rooms.out / LIVE_FILE, follow, ready.start.t0) as seen:
+        done = run_sandboxed(cmd, ready.box(env).allow_read(*read), ready.left(),
+                             spec.output_limit, ready.run_dir, spec.min_free_bytes)
+    timings = {**ready.timings, "test": round(done.seconds, 3), **seen.timings}
     junit_error = None
     tests: list[TestResult] = []
     try:

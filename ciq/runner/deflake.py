@@ -81,7 +81,7 @@ def deflake(ready: Checkout, report: Report, muted: Collection[str] = ()) -> Rep
 def _once(ready: Checkout, ids: list[str], test: str, kind: str) -> list[Attempt]:
     """One rerun of ``ids``: the attempt of ``test`` in it, or none when the rerun is no
     evidence (it timed out, hit a limit, or did not run the test)."""
-    got = run_tests(ready, ids)
+    got = run_tests(ready, ids, live=False)  # the stream is the first run's
     if got.status not in ("passed", "failed"):
         return []
     found = next((t for t in got.tests if t.id == test), None)

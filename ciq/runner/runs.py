@@ -58,6 +58,9 @@ class RunSpec:
     shared: Path | None = None
     #: True once the run lost its lease: its boxes stop at once, its report is dropped.
     cancelled: Callable[[], bool] | None = field(default=None, compare=False)
+    #: Where the tests' outcomes go as they happen (the worker puts them in Redis).
+    live: Callable[[list[dict[str, Any]]], None] | None = field(default=None,
+                                                                compare=False)
 
 
 def runs_dir(data_dir: Path) -> Path:

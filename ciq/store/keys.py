@@ -155,6 +155,11 @@ def chunk_lease(rid: str, sha: str, chunk: int) -> str:
     return f"ciq:chunk-lease:{rid}:{sha}:{chunk}"
 
 
+def live(rid: str, sha: str) -> str:
+    """A stream of a commit's test outcomes as they happen (bounded, expiring)."""
+    return f"ciq:live:{rid}:{sha}"
+
+
 def durations(rid: str) -> str:
     return f"ciq:durations:{rid}"
 

@@ -30,6 +30,7 @@ from ..settings import Settings
 from ..sharding.plan import ShardPlan, decide, plan_chunks
 from ..store import outbox
 from ..store.client import process_name
+from ..store.live import LiveResults
 from ..store.quarantine import muted, muted_ids
 from ..store.shards import DROPPED, LAST, Shards
 from ..store.store import Store
@@ -124,7 +125,8 @@ class _Attempt:
             report = self._gave_up()
         else:
             heartbeat = Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl)
-            self.spec = replace(self._spec(), cancelled=heartbeat.is_lost)
+            self.spec = replace(self._spec(), cancelled=heartbeat.is_lost,
+                                live=LiveResults(a.store, self.repo, self.sha, self.run_id))
             with heartbeat:
                 report = self._guarded(self.spec)
             if heartbeat.is_lost():  # a stale run: another may hold the commit now
