@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,8 @@ import redis
 from ciq.processes import stop_process
 
 __all__ = ["GIT_ENV", "commit", "free_port", "git", "kill_leftovers", "processes_under",
-           "save_results", "show_worker_logs", "start_redis", "stop_process", "wait_for"]
+           "save_results", "show_worker_logs", "start_redis", "stop_process", "wait_for",
+           "wait_until_served"]
 
 T = TypeVar("T")
 
@@ -60,6 +62,19 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str,
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
     return value
+
+
+def wait_until_served(url: str, timeout: float = 20) -> None:
+    """Return once ``url`` answers (a server a benchmark started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def start_redis(folder: Path, port: int, client: redis.Redis) -> subprocess.Popen:

@@ -26,7 +26,14 @@ import urllib.request
 from pathlib import Path
 
 import redis
-from harness import free_port, kill_leftovers, save_results, start_redis, stop_process
+from harness import (
+    free_port,
+    kill_leftovers,
+    save_results,
+    start_redis,
+    stop_process,
+    wait_until_served,
+)
 
 from ciq.dispatch import Sender
 from ciq.report import Report, Summary
@@ -63,18 +70,6 @@ def fill(store: Store, settings: Settings) -> None:
         shards.announce(f"w{w}@host", [settings.queue], 4)
 
 
-def wait_until(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def ms(times: list[float]) -> dict[str, float]:
     ordered = sorted(times)
     return {"median_ms": round(statistics.median(ordered) * 1000, 2),
@@ -107,7 +102,7 @@ def main() -> None:
             [sys.executable, "-m", "ciq", "web", "--port", str(web_port)], env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         base = f"http://127.0.0.1:{web_port}"
-        wait_until(base + "/healthz")
+        wait_until_served(base + "/healthz")
 
         reader = Reader(store.client, store.client, settings.queue)
         reads = []

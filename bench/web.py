@@ -20,7 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness import free_port, kill_leftovers, save_results, stop_process
+from harness import free_port, kill_leftovers, save_results, stop_process, wait_until_served
 
 from ciq.report import Report, Summary, TestResult
 from ciq.store import Store
@@ -28,18 +28,6 @@ from ciq.store.keys import repo_id
 
 REPO = "/srv/git/lib"
 COMMITS, TESTS, TRIES = 1000, 200, 20
-
-
-def wait_until(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
 
 
 def fill(store: Store) -> str:
@@ -78,7 +66,7 @@ def main() -> None:
             [sys.executable, "-m", "ciq", "web", "--port", str(web_port)], env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         base = f"http://127.0.0.1:{web_port}"
-        wait_until(base + "/healthz")
+        wait_until_served(base + "/healthz")
         rid = repo_id(REPO)
         pages = ["/", f"/repos/{rid}", f"/repos/{rid}?page=20",
                  f"/repos/{rid}/commits/{newest}", f"/repos/{rid}/tests",
