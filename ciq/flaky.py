@@ -20,7 +20,9 @@ A commit whose only failures (quarantined ones aside) are flaky gets the status 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from .quarantine import plural
@@ -36,6 +38,68 @@ NAMED = 5
 
 _FAILING = ("failed", "error")
 _EVIDENCE = ("passed", "failed", "error")
+
+
+@dataclass(frozen=True)
+class RerunPlan:
+    """What to rerun: the failing ``tests``, the ``order`` the commit's run ran its tests
+    in (up to the last failing one: the run in order needs no more) and their
+    ``durations``. It travels through Redis when another worker makes the reruns."""
+
+    tests: tuple[str, ...]
+    order: tuple[str, ...]
+    durations: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, report: Report, failing: Sequence[str]) -> RerunPlan:
+        order = [t.id for t in report.tests]
+        last = max(order.index(t) for t in failing)
+        kept = order[: last + 1]
+        durations = {t.id: t.duration for t in report.tests}
+        return cls(tuple(failing), tuple(kept), {i: durations[i] for i in kept})
+
+    def to_json(self) -> str:
+        return json.dumps({"tests": self.tests, "order": self.order,
+                           "durations": dict(self.durations)})
+
+    @classmethod
+    def from_json(cls, raw: str) -> RerunPlan:
+        """The plan written by :meth:`to_json`; ValueError when it is not one."""
+        data = json.loads(raw)
+        try:
+            tests, order = tuple(map(str, data["tests"])), tuple(map(str, data["order"]))
+            durations = {str(k): float(v) for k, v in data["durations"].items()}
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a rerun plan: {exc}") from exc
+        if not set(tests) <= set(order) or set(durations) != set(order):
+            raise ValueError("a rerun plan whose tests are not in its order")
+        return cls(tests, order, durations)
+
+
+@dataclass(frozen=True)
+class Reruns:
+    """What the reruns found: each rerun test's ``attempts`` (a test left out was not
+    rerun), the pytest ``runs`` made and why some were not (``notes``)."""
+
+    attempts: Mapping[str, tuple[Attempt, ...]] = field(default_factory=dict)
+    runs: int = 0
+    notes: frozenset[str] = frozenset()
+
+    def to_json(self) -> str:
+        return json.dumps({"attempts": {t: [vars(a) for a in runs]
+                                        for t, runs in self.attempts.items()},
+                           "runs": self.runs, "notes": sorted(self.notes)})
+
+    @classmethod
+    def from_json(cls, raw: str) -> Reruns:
+        """The reruns written by :meth:`to_json`; ValueError when they are not."""
+        data = json.loads(raw)
+        try:
+            attempts = {str(t): tuple(Attempt.from_dict(a) for a in runs)
+                        for t, runs in data["attempts"].items()}
+            return cls(attempts, int(data["runs"]), frozenset(map(str, data["notes"])))
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not reruns: {exc}") from exc
 
 
 def classify(alone: Sequence[str], in_order: str | None) -> str:

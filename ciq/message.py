@@ -23,6 +23,8 @@ from .store.keys import task_id
 RUN_TASK = "ciq.run"
 #: Name of the Celery task that runs one chunk of a sharded commit.
 CHUNK_TASK = "ciq.chunk"
+#: Name of the Celery task that reruns a run's failing tests on another worker.
+RERUN_TASK = "ciq.rerun"
 
 
 def args_repr(repo: str, sha: str, branch: str | None, chunk: int | None = None) -> str:
@@ -37,14 +39,26 @@ def run_message(repo: str, sha: str, branch: str | None, queue: str,
     :data:`RUN_TASK`), or of one chunk of a sharded commit (:data:`CHUNK_TASK`) when
     ``chunk`` is its index."""
     task = RUN_TASK if chunk is None else CHUNK_TASK
-    tid = task_id(repo, sha, chunk)
     args: list[Any] = [repo, sha, branch, *([chunk] if chunk is not None else [])]
+    return _message(task, task_id(repo, sha, chunk), args, args_repr(repo, sha, branch, chunk),
+                    queue)
+
+
+def rerun_message(repo: str, sha: str, branch: str | None, run_id: str, queue: str) -> str:
+    """The broker payload asking a worker to rerun the failing tests of run ``run_id`` of
+    (repo, sha) (task :data:`RERUN_TASK`; the tests are in the run's request in Redis)."""
+    args: list[Any] = [repo, sha, branch, run_id]
+    shown = f"({repo!r}, {sha[:12]!r}, {branch!r}, {run_id[:8]!r})"
+    return _message(RERUN_TASK, str(uuid.UUID(hex=run_id)), args, shown, queue)
+
+
+def _message(task: str, tid: str, args: list[Any], shown: str, queue: str) -> str:
     body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     headers: dict[str, Any] = {
         "lang": "py", "task": task, "id": tid, "shadow": None, "eta": None, "expires": None,
         "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
         "root_id": tid, "parent_id": None,
-        "argsrepr": args_repr(repo, sha, branch, chunk), "kwargsrepr": "{}",
+        "argsrepr": shown, "kwargsrepr": "{}",
         "origin": f"gen{os.getpid()}@{os.uname().nodename}", "ignore_result": None,
         "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }  # fmt: skip

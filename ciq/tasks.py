@@ -9,7 +9,7 @@ from celery import Task, shared_task
 
 from .errors import BadInput
 from .gitrepo import validate_sha
-from .message import CHUNK_TASK, RUN_TASK
+from .message import CHUNK_TASK, RERUN_TASK, RUN_TASK
 from .worker.attempt import Attempts
 
 logger = logging.getLogger(__name__)
@@ -61,3 +61,18 @@ def chunk(self: CiqTask, repo: str, sha: str, branch: str | None, index: int) ->
         logger.error("task: dropping chunk of %r: %s", repo, exc)
         return "rejected"
     return self.attempts.run(repo, sha, branch, self.worker_name(), chunk=index)
+
+
+@shared_task(bind=True, base=CiqTask, name=RERUN_TASK, ignore_result=True)
+def rerun(self: CiqTask, repo: str, sha: str, branch: str | None, run_id: str) -> str:
+    """Rerun the failing tests of run ``run_id`` of a commit, which asked for a free worker
+    to make them (see :mod:`ciq.worker.rerun`); nothing when it no longer waits."""
+    try:
+        sha = validate_sha(sha)
+        if not (isinstance(run_id, str) and len(run_id) == 32
+                and all(c in "0123456789abcdef" for c in run_id)):
+            raise BadInput(f"bad run id {run_id!r}")
+    except BadInput as exc:
+        logger.error("task: dropping reruns of %r: %s", repo, exc)
+        return "rejected"
+    return self.attempts.rerun(repo, sha, branch, run_id, self.worker_name())

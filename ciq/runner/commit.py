@@ -303,10 +303,12 @@ def _with_selection(env: dict[str, str], folder: Path) -> dict[str, str]:
     return {**env, "PYTHONPATH": path}
 
 
-def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True) -> Report:
+def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True,
+              in_order: bool = False) -> Report:
     """Run the test command in the run's environment and make the report of it; with
-    ``only``, pytest runs just those test ids (a chunk of a sharded commit): they go to
-    the in-box plugin in a file, pytest's command line names only their files."""
+    ``only``, pytest runs just those test ids (a chunk of a sharded commit, a rerun;
+    ``in_order``: in that order): they go to the in-box plugin in a file, pytest's
+    command line names only their files."""
     env = dict(ready.env)
     junit_path = ready.run_dir / "out" / "junit.xml"
     test = ready.custom_command
@@ -328,7 +330,8 @@ def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True)
         stream = ready.rooms.out / LIVE_FILE if live and ready.spec.live else None
         cmd = default_command(junit_path, ready.worktree, python,
                               None if only is None else chunk_targets(ready.worktree, only),
-                              None if only is None else folder / "chunk.json", stream)
+                              None if only is None else folder / "chunk.json", stream,
+                              in_order)
         if only is not None:
             shown = f"{shown} ({len(only)} tests of a sharded run)"
     spec = ready.spec

@@ -42,6 +42,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ciq", "ciq's sharded runs")
     group.addoption("--ciq-ids", metavar="FILE", default=None,
                     help="run only the tests whose ids FILE (a JSON list) names")
+    group.addoption("--ciq-in-order", action="store_true", default=False,
+                    help="run them in the order of that list (a rerun in order)")
     group.addoption("--ciq-collected", metavar="FILE", default=None,
                     help="write the ids of the collected tests to FILE (a JSON list)")
     group.addoption("--ciq-live", metavar="FILE", default=None,
@@ -115,8 +117,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not path:
         return
     with open(path, encoding="utf-8") as fh:
-        wanted = set(json.load(fh))
+        listed = json.load(fh)
+    wanted = set(listed)
     keep = [item for item in items if item.nodeid in wanted]
+    if config.getoption("ciq_in_order"):  # as the commit's run ran them, whatever sorts
+        at = {test: i for i, test in enumerate(listed)}
+        keep.sort(key=lambda item: at[item.nodeid])
+        items[:] = keep
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in wanted])
         items[:] = keep

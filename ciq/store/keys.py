@@ -170,3 +170,8 @@ def metrics(rid: str) -> str:
 
 def quarantine(rid: str) -> str:
     return f"ciq:quarantine:{rid}"
+
+
+def rerun(run_id: str) -> str:
+    """A run's request that another worker rerun its failing tests (expiring)."""
+    return f"ciq:rerun:{run_id}"

@@ -78,6 +78,9 @@ CHUNK_DONE = Script.load("chunk_done")
 CHUNK_ORPHAN = Script.load("chunk_orphan")
 CLEAN_PLAN = Script.load("clean_plan")
 DURATIONS = Script.load("durations")
+# Reruns of a commit's failing tests by another worker.
+RERUN_TAKE = Script.load("rerun_take")
+RERUN_BEAT = Script.load("rerun_beat")
 # Notification events.
 EVENT_CLAIM = Script.load("event_claim")
 EVENT_ACK = Script.load("event_ack")

@@ -20,9 +20,7 @@ from dataclasses import dataclass, replace
 import redis
 
 from ..dispatch import Message, Sender
-from ..repoconfig import RepoConfig
 from ..report import Report, utcnow
-from ..runner.box import Limits
 from ..runner.commit import Checkout, collect, prepare, run_tests
 from ..runner.deflake import deflake
 from ..runner.runs import RunSpec, clean_up
@@ -32,9 +30,13 @@ from ..store import outbox
 from ..store.client import process_name
 from ..store.live import LiveResults
 from ..store.quarantine import muted, muted_ids
+from ..store.reruns import RerunRequests
 from ..store.shards import DROPPED, LAST, Shards
 from ..store.store import Store
+from . import rerun
 from .lease import ChunkLease, CommitLease, Heartbeat, Lease, patiently, wait_for
+from .rerun import Elsewhere
+from .spec import run_spec
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ class Attempts:
                                socket_timeout=min(10.0, settings.lease_ttl / 4))
         shards = Shards(store, settings.lease_ttl, settings.time_limit, settings.output_limit)
         return cls(settings, store, shards, Sender.for_store(settings, store))
+
+    def rerun(self, repo: str, sha: str, branch: str | None, run_id: str,
+              worker: str) -> str:
+        """Make the reruns of failing tests that run ``run_id`` asked another worker for
+        (:mod:`.rerun`), if it still waits for them."""
+        return rerun.take(self.settings, self.store, repo, sha, branch, run_id, worker)
 
     def run(self, repo: str, sha: str, branch: str | None, worker: str,
             chunk: int | None = None) -> str:
@@ -136,19 +144,8 @@ class _Attempt:
         return self._store(report)
 
     def _spec(self) -> RunSpec:
-        s = self.a.settings
-        stored = patiently(self.tag, lambda: self.a.store.repo_config(self.repo))
-        operator = RepoConfig.parse(stored[1], stored[0]) if stored else None
-        return RunSpec(
-            repo=self.repo, sha=self.sha, branch=self.branch, run_id=self.run_id,
-            worker=self.worker, attempts=self.number, data_dir=s.data_dir,
-            time_limit=s.time_limit, output_limit=s.output_limit,
-            min_free_bytes=s.min_free_mb << 20, run_as=s.run_as, operator=operator,
-            env_root=s.env_root, env_cache_size=s.env_cache_size,
-            limits=Limits(s.memory_limit_mb << 20, s.process_limit, s.tmp_mb << 20),
-            index_hosts=tuple(h.strip() for h in s.index_hosts.split(",") if h.strip()),
-            shared=s.box_shared,
-        )  # fmt: skip
+        return run_spec(self.a.settings, self.a.store, self.repo, self.sha, self.branch,
+                        self.run_id, self.worker, self.number, self.tag)
 
     def _guarded(self, spec: RunSpec) -> Report:
         try:
@@ -172,7 +169,11 @@ class _Attempt:
             report = run_tests(ready, only)
             if self.plan is not None:  # a chunk: sharded merges are not rerun (yet)
                 return report
-            return deflake(ready, report, muted_ids(self.a.store, self.repo, self.tag))
+            elsewhere = Elsewhere(RerunRequests(self.a.store), self.a.sender, self.repo,
+                                  self.sha, self.branch, self.run_id, self.worker,
+                                  self.a.settings.lease_ttl, spec.cancelled or _never)
+            return deflake(ready, report, muted_ids(self.a.store, self.repo, self.tag),
+                           elsewhere)
 
     # -- sharding -----------------------------------------------------------------------
 
@@ -305,6 +306,10 @@ class _Attempt:
                                lease.what, exc)
         if self.spec is not None:
             clean_up(self.spec.data_dir, self.run_id, self.repo)
+
+
+def _never() -> bool:
+    return False
 
 
 def store_chunk(shards: Shards, plan: ShardPlan, index: int, report: Report,
