@@ -142,7 +142,7 @@ def test_series_are_bounded_whatever_the_history(store: Store) -> None:
     # Then the series are the same ones, labelled only by bounded names and values
     assert {f: len(s) for f, s in after.items()} == {f: len(s) for f, s in before.items()}
     samples = [s for family in after.values() for s in family]
-    assert len(samples) < 1000  # ~80 per repository, and the gauges
+    assert len(samples) < 1500  # ~130 per repository, and the gauges
     for s in samples:
         assert set(s.labels) <= LABELS, s
         for label in s.labels.values():
@@ -298,3 +298,39 @@ def test_commits_running_or_reported_before_the_reconciler_saw_them_do_not_wait(
     age = value(families, "ciq_oldest_waiting_commit_age_seconds")
     claimed = int(store.commit(REPO, waiting)["enqueued_us"]) / 1e6
     assert age == pytest.approx(time.time() - claimed, abs=0.1)
+
+
+def test_reruns_quarantined_failures_and_the_first_failure_are_counted(store: Store) -> None:
+    # Given a commit claimed, whose run failed first at 0.4 s of its 1.25 s, whose
+    # failing test went through 4 reruns in 2.5 s, and with a quarantined failing test
+    commit = claim(store, "reruns")
+    store.acquire(REPO, commit, f"run-{commit[:6]}", 5.0, "w1")
+    hashed = keys.commit(keys.repo_id(REPO), commit)
+    claimed = float(store.client.hget(hashed, "enqueued_us")) / 1e6 - 10.0
+    store.client.hset(hashed, "enqueued_us", int(claimed * 1e6))  # claimed 10 s ago
+    finish(store, commit, {"tests/test_a.py::test_muted": "failed",
+                           "tests/test_a.py::test_ok": "passed"},
+           status="passed", quarantined={"tests/test_a.py::test_muted": {"owner": "a@b.c"}},
+           deflake={"tests": 1, "runs": 4, "seconds": 2.5, "note": ""},
+           timings={"first_failure": 0.4, "test": 1.0})
+    stored = time.time()
+
+    # When /metrics is read
+    families = scrape(store)
+
+    # Then the reruns, their seconds and the quarantined failure are counted
+    assert value(families, "ciq_run_attempts", "ciq_run_attempts_total", reason="deflake") == 4
+    assert value(families, "ciq_rerun_seconds", "ciq_rerun_seconds_count") == 1
+    assert value(families, "ciq_rerun_seconds", "ciq_rerun_seconds_sum") == 2.5
+    assert value(families, "ciq_quarantined_failures",
+                 "ciq_quarantined_failures_total") == 1
+    # And the time to the first failure is the time to the report less what came after
+    # it (the rest of the run and the reruns: 0.85 + 2.5 s)
+    first = value(families, "ciq_time_to_first_failure_seconds",
+                  "ciq_time_to_first_failure_seconds_sum")
+    to_report = value(families, "ciq_time_to_report_seconds",
+                      "ciq_time_to_report_seconds_sum")
+    assert value(families, "ciq_time_to_first_failure_seconds",
+                 "ciq_time_to_first_failure_seconds_count") == 1
+    assert 10.0 <= to_report <= stored - claimed + 0.01
+    assert first == pytest.approx(to_report - 3.35, abs=1e-3)

@@ -9,16 +9,17 @@ once, whichever host made it:
 - ``acquire.lua``: ``c:attempt:<reason>`` (one of :data:`ATTEMPT_REASONS`) and, for a
   commit's first run, the queue wait (its lease taken, less its claim);
 - ``finish.lua``: whatever :func:`finish_args` says of the report (its status, run and
-  environment setup seconds, cache hit or miss, shard imbalance) and the time to report
-  (the report stored, less the claim).
+  environment setup seconds, cache hit or miss, shard imbalance, the verdicts of its
+  failing tests, its quarantined failures, its reruns and their seconds) and the times
+  from the claim: to the report (the report stored, less the claim) and to the first
+  failure (the same, less the seconds the run went on after its first failure).
 
 A counter is the field ``c:<name>`` or ``c:<name>:<label value>``; a histogram has one
 field per bucket, ``h:<name>:<upper bound>`` (counts per bucket, not cumulative: the
 reader adds them up) and ``h:<name>:sum``. Label values are a fixed set per counter:
-never a SHA, a test id or a process id. What is not counted yet, because nothing makes
-it yet (flaky and quarantined tests, time to first failure, deflake reruns and their
-seconds), goes in the same way: a name in :data:`COUNTERS` or :data:`HISTOGRAMS`, and a
-count or an observation in :func:`finish_args` (or a reason in :data:`ATTEMPT_REASONS`).
+never a SHA, a test id or a process id. Something new to count goes in the same way: a
+name in :data:`COUNTERS` or :data:`HISTOGRAMS`, and a count or an observation in
+:func:`finish_args` (or a reason in :data:`ATTEMPT_REASONS`).
 
 Gauges (queues, waiting commits, runs, workers) are read at scrape time (:mod:`.scrape`).
 """
@@ -36,8 +37,9 @@ from ..urls import redacted
 #: Why a run of a commit starts: its first run; a rerun after its worker died (the
 #: watcher or the sweeper counted the death); a rerun after its last run's lease lapsed
 #: or was given back with no report and no death seen (a Redis stall, a host that went
-#: silent, a stopped worker).
-ATTEMPT_REASONS = ("first", "worker_lost", "lease_lapsed")
+#: silent, a stopped worker); a rerun of failing tests to tell a flake (one per pytest
+#: run, counted with the report).
+ATTEMPT_REASONS = ("first", "worker_lost", "lease_lapsed", "deflake")
 #: Environment setups: a cached environment, or one built for the run.
 CACHE = ("hit", "miss")
 
@@ -49,6 +51,8 @@ COUNTERS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "environment": ("cache", CACHE),
     # One per failing test rerun to tell a flake from a break (ciq.flaky).
     "deflaked": ("verdict", VERDICTS),
+    # Failing tests that were quarantined: they decided nothing.
+    "quarantined_failures": None,
 }
 
 #: Seconds, the buckets of the time histograms: from a warm cache to an hour's wait.
@@ -60,6 +64,10 @@ HISTOGRAMS: dict[str, tuple[str, ...]] = {
     "time_to_report": _SECONDS,
     "run_seconds": _SECONDS,
     "setup_seconds": _SECONDS,
+    # From the claim to the first failing test's outcome (commits with a failure only).
+    "time_to_first_failure": _SECONDS,
+    # Seconds a commit's reruns of failing tests took (commits with reruns only).
+    "rerun_seconds": _SECONDS,
     # The longest chunk's seconds over the mean chunk's (1: perfectly even).
     "imbalance": ("1.05", "1.1", "1.25", "1.5", "2", "3", "5"),
 }
@@ -72,8 +80,10 @@ def acquire_args() -> str:
 
 def finish_args(report: Report) -> str:
     """What ``finish.lua`` counts of a report once it is stored (JSON): counters to add
-    one to, observations ([histogram, value, bounds]), and the buckets of the time to
-    report, which the script times itself."""
+    one to (a name as often as it counts), observations ([histogram, value, bounds]),
+    times from the claim to a moment this many seconds before the report
+    ([histogram, seconds, bounds]) and the buckets of the time to report, which the
+    script times itself."""
     count = [f"outcome:{report.status}"]
     observe: list[list[Any]] = [["run_seconds", float(report.duration)]]
     hit = report.environment.get("cache_hit")
@@ -83,13 +93,31 @@ def finish_args(report: Report) -> str:
     if isinstance(setup, int | float):
         observe.append(["setup_seconds", float(setup)])
     count += [f"deflaked:{t.verdict}" for t in report.tests if t.verdict in VERDICTS]
+    count += ["quarantined_failures" for t in report.tests
+              if t.id in report.quarantined and t.outcome in ("failed", "error")]
+    runs, rerun = report.deflake.get("runs"), report.deflake.get("seconds")
+    if _number(runs) and _number(rerun):
+        count += ["attempt:deflake"] * min(int(runs), 1000)
+        observe.append(["rerun_seconds", float(rerun)])
+    # The run went on for this long after its first failure (its own clock, from the
+    # run's start; then the reruns): the script takes it off the time to the report.
+    first = report.timings.get("first_failure")
+    later = float(rerun) if _number(rerun) else 0.0
+    after = [["time_to_first_failure", max(0.0, report.duration - float(first)) + later]] if (
+        _number(first)) else []
     imbalance = report.shards.get("imbalance")
     if isinstance(imbalance, int | float) and not isinstance(imbalance, bool):
         observe.append(["imbalance", float(imbalance)])
     for item in observe:
         item.append(HISTOGRAMS[item[0]])
-    return json.dumps({"count": count, "observe": observe,
+    for item in after:
+        item.append(HISTOGRAMS[item[0]])
+    return json.dumps({"count": count, "observe": observe, "before_report": after,
                        "time_to_report": HISTOGRAMS["time_to_report"]})
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
 
 
 @dataclass(frozen=True)

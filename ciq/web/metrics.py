@@ -40,11 +40,14 @@ _COUNTERS = {
     "outcome": ("ciq_reports", "Final reports stored, by status."),
     "attempt": ("ciq_run_attempts", "Runs of a commit started, by why: first, worker_lost "
                 "(its last run's worker died), lease_lapsed (its last run's lease lapsed "
-                "with no death seen)."),
+                "with no death seen), deflake (a pytest run rerunning failing tests)."),
     "environment": ("ciq_environment_setups", "Run environments set up: cache hit or miss "
                     "(built for the run)."),
     "deflaked": ("ciq_deflaked_tests", "Failing tests rerun on their commit, by verdict: "
                  "flaky, order-dependent, confirmed, not rerun."),
+    "quarantined_failures": ("ciq_quarantined_failures",
+                             "Failing tests that were quarantined: muted, they decided no "
+                             "commit's status."),
 }
 #: Histograms: (name, help).
 _HISTOGRAMS = {
@@ -55,6 +58,11 @@ _HISTOGRAMS = {
     "run_seconds": ("ciq_run_duration_seconds", "Seconds of a final report's run."),
     "setup_seconds": ("ciq_environment_setup_seconds",
                       "Seconds a run spent on its environment (cached, or built now)."),
+    "time_to_first_failure": ("ciq_time_to_first_failure_seconds",
+                              "Seconds from a commit's claim to its first failing test's "
+                              "outcome (commits with a failure)."),
+    "rerun_seconds": ("ciq_rerun_seconds",
+                      "Seconds a commit's reruns of its failing tests took."),
     "imbalance": ("ciq_shard_imbalance_ratio",
                   "Sharded runs: seconds of the longest chunk over the mean chunk's."),
 }

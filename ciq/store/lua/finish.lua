@@ -43,7 +43,9 @@ if KEYS[11] then
   for _, o in ipairs(m.observe) do observe(o[1], o[2], o[3]) end
   local enqueued = redis.call('HGET', KEYS[2], 'enqueued_us')
   if enqueued then
-    observe('time_to_report', (tonumber(ARGV[10]) - tonumber(enqueued)) / 1e6, m.time_to_report)
+    local since = (tonumber(ARGV[10]) - tonumber(enqueued)) / 1e6
+    observe('time_to_report', since, m.time_to_report)
+    for _, o in ipairs(m.before_report or {}) do observe(o[1], since - o[2], o[3]) end
   end
 end
 if ARGV[5] == '' then return 1 end
