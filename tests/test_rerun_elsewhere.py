@@ -12,6 +12,7 @@ import pytest
 
 from ciq.settings import Settings
 from ciq.store import Store
+from ciq.store.shards import Shards
 
 from .helpers import run_ciq, wait_for, wait_report
 
@@ -120,3 +121,38 @@ def test_with_every_worker_busy_the_run_reruns_its_tests_itself(
     wait_for(lambda: "reruns taken elsewhere, or no longer wanted" in w.log_text(), 30,
              "the late rerun message to be dropped")
     assert not list(store.client.scan_iter("ciq:rerun:*"))
+
+
+def test_a_sharded_run_tells_its_flaky_tests_too(make_repo, worker, store: Store,
+                                                  settings: Settings, tmp_path: Path):
+    # Given two workers and a sharded suite with a flaky test and a deterministic failure
+    worker("w1")
+    worker("w2")
+    files = {**_flaky(tmp_path / "shared"), "ciq.toml": 'shard = "always"\n',
+             **{f"tests/test_s{i}.py": f"import time\n\ndef test_{i}():\n    time.sleep(0.2)\n"
+                for i in range(4)}}
+    repo = make_repo(files)
+    name = str(repo.path)
+    wait_for(lambda: Shards(store, 2, 60, 1000).processes("ciq") >= 2, 10, "two workers")
+
+    # When its head is tested
+    assert run_ciq(settings, "enqueue", name).returncode == 0
+    report = wait_report(store, name, repo.head(), timeout=120)
+
+    # Then its chunks reran their failing test: the merged report passed with flakes
+    assert report.shards["count"] >= 2
+    assert report.status == "flaky", report.message
+    assert report.message.startswith("passed with flakes: 1 flaky test: tests/test_flaky.py")
+    flaked = next(t for t in report.tests if t.id.endswith("test_first_run_fails"))
+    assert flaked.verdict == "flaky" and flaked.outcome == "passed"
+    assert len(report.tests) == 6 and report.summary.failed == 0
+
+    # When a commit adds a deterministic failure
+    sha = repo.commit({"tests/test_red.py": "def test_red():\n    assert 1 == 2\n"}, "red")
+    assert run_ciq(settings, "enqueue", name, sha).returncode == 0
+    red = wait_report(store, name, sha, timeout=120)
+
+    # Then it is confirmed and the commit failed
+    assert red.status == "failed", red.message
+    broken = next(t for t in red.tests if t.id == "tests/test_red.py::test_red")
+    assert broken.verdict == "confirmed"

@@ -14,11 +14,12 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..flaky import flaked
 from ..junit import MAX_MESSAGE_CHARS
 from ..report import Report, Summary, TestResult
 
 #: Worst first: the merged report's status is the worst of its chunks'.
-_SEVERITY = {"passed": 0, "failed": 1, "error": 2, "timeout": 3}
+_SEVERITY = {"passed": 0, "flaky": 1, "failed": 2, "error": 3, "timeout": 4}
 #: The outcome kept of a test reported twice: the worst.
 _OUTCOME_RANK = {"skipped": 0, "passed": 1, "failed": 2, "error": 3}
 
@@ -165,7 +166,7 @@ def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[Chunk
                                                  f"({why})") for i in lost)
         # Tests missing make the report an error: its summary would not add up to the
         # collection's.
-        status = "error" if lost and r.status in ("passed", "failed") else r.status
+        status = "error" if lost and r.status in ("passed", "flaky", "failed") else r.status
         worst = max(worst, status, key=_SEVERITY.__getitem__)
         if lost:
             messages.append(f"{label} did not report {len(lost)} of its {len(planned)} "
@@ -185,6 +186,11 @@ def merge(head: Report, chunks: Sequence[Sequence[str]], results: Sequence[Chunk
         messages.insert(0, f"{not_run_reason}; {len(not_run)} tests did not run")
     if worst == "failed" and not messages:
         messages.append(f"{summary.failed + summary.errors} of {summary.total} tests failed")
+    flaked_tests = [t for t in tests if t.flaky]
+    if worst == "flaky":
+        messages.append(f"passed with flakes: {flaked(flaked_tests)}")
+    elif flaked_tests:
+        messages.append(flaked(flaked_tests))
     ran = [p["seconds"] for p in parts if "seconds" in p]
     mean = sum(ran) / len(ran) if ran else 0.0
     shards = {

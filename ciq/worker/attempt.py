@@ -164,14 +164,15 @@ class _Attempt:
                 return ready
             if self.plan is not None:
                 assert self.lease.chunk is not None
-                return run_tests(ready, self.plan.chunks[self.lease.chunk])
-            only = self._shard(ready)
-            report = run_tests(ready, only)
-            if self.plan is not None:  # a chunk: sharded merges are not rerun (yet)
-                return report
+                report = run_tests(ready, self.plan.chunks[self.lease.chunk])
+            else:
+                report = run_tests(ready, self._shard(ready))
+            # A chunk's failing tests are rerun by their chunk (in order: after the
+            # tests before them in that chunk, as they ran in its process).
             elsewhere = Elsewhere(RerunRequests(self.a.store), self.a.sender, self.repo,
                                   self.sha, self.branch, self.run_id, self.worker,
-                                  self.a.settings.lease_ttl, spec.cancelled or _never)
+                                  self.a.settings.lease_ttl, spec.cancelled or _never,
+                                  self.lease.chunk)
             return deflake(ready, report, muted_ids(self.a.store, self.repo, self.tag),
                            elsewhere)
 

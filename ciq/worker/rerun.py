@@ -58,11 +58,13 @@ class Elsewhere:
     ttl: float
     #: True once the asking run lost its lease (its reruns are then worth nothing).
     cancelled: Callable[[], bool]
+    #: The chunk the asking run holds (a sharded run); None: the whole commit.
+    chunk: int | None = None
 
     def __call__(self, plan: RerunPlan, seconds: float) -> Reruns | None:
         tag = f"run {self.run_id}"
         try:
-            self.requests.ask(self.run_id, plan, seconds)
+            self.requests.ask(self.run_id, plan, seconds, self.chunk)
             queue = self.sender.queue_for(self.repo)
             self.sender.push([Message(queue, rerun_message(self.repo, self.sha, self.branch,
                                                            self.run_id, queue), first=True)])

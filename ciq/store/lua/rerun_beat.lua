@@ -1,5 +1,5 @@
 -- A taker's heartbeat on a rerun request (KEYS[1]): only while ARGV[1] holds it and the
--- run that asked still holds the commit's lease (KEYS[2]); otherwise 0 and the taker
+-- run that asked still holds its lease (KEYS[2]); otherwise 0 and the taker
 -- stops (its reruns would be evidence for nobody). With ARGV[2], the result (JSON) is
 -- written as well, once.
 if redis.call('HGET', KEYS[1], 'taker') ~= ARGV[1] then return 0 end

@@ -1,5 +1,6 @@
 -- Take a rerun request (KEYS[1], a hash) for ARGV[1] (a worker's name and rerun id)
--- while the run that asked (its field 'run') still holds the commit's lease (KEYS[2]).
+-- while the run that asked (its field 'run') still holds its lease (KEYS[2]: the
+-- commit's, or its chunk's).
 -- A request another taker holds is taken over only when it has no result and its
 -- taker's last beat is older than ARGV[2] ms (0: never). Returns 1 when taken, 0 when
 -- another holds it, -1 when there is nothing to take (no request, or its run is gone).
