@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .errors import BadInput
+from .errors import BadInput, ConfigError
 from .report import Report
 from .urls import email_problem
 
@@ -34,6 +34,17 @@ MAX_OWNER_CHARS = 254
 MAX_ENTRIES = 1000
 #: Days an expired entry is still listed (as expired) before it is deleted.
 PRUNE_AFTER_DAYS = 30
+
+#: Who an automatic entry names (:class:`Policy`): never an e-mail address, so no entry
+#: a person made through :func:`entry` is ever taken for one.
+AUTO_OWNER = "ciq"
+AUTO_BY = "ciq auto-quarantine"
+#: Modes of a repository's automatic quarantine: "suggest" only shows candidates (the
+#: default: muting a test is a person's call until they opt in), "auto" quarantines and
+#: releases them, "off" neither.
+MODES = ("suggest", "auto", "off")
+#: Reported commits the automatic quarantine looks at most (each is a whole report).
+MAX_WINDOW = 100
 
 #: The message a run's verdict writes for failing tests (:func:`ciq.runner.outcome.verdict`,
 #: the merge of a sharded run): recounted here without the quarantined ones.
@@ -55,6 +66,16 @@ class Entry:
     def in_force(self, now: datetime | None = None) -> bool:
         return _time(self.expires_at) > (now or datetime.now(UTC))
 
+    @property
+    def auto(self) -> bool:
+        """Made by the automatic quarantine (and so released by it); a person's never."""
+        return self.owner == AUTO_OWNER and self.added_by == AUTO_BY
+
+    @property
+    def added(self) -> datetime:
+        """When the entry was made (an unreadable time: long ago)."""
+        return _time(self.added_at)
+
     def prunable(self, now: datetime | None = None) -> bool:
         """Expired for :data:`PRUNE_AFTER_DAYS` or more: no longer worth listing."""
         gone = _time(self.expires_at) + timedelta(days=PRUNE_AFTER_DAYS)
@@ -64,7 +85,7 @@ class Entry:
         """The entry as the CLI's JSON and the API show it, with its state."""
         return {"test": self.test, "owner": self.owner, "reason": self.reason,
                 "added_at": self.added_at, "expires_at": self.expires_at,
-                "added_by": self.added_by,
+                "added_by": self.added_by, "auto": self.auto,
                 "state": "in force" if self.in_force(now) else "expired"}
 
     def stored(self) -> dict[str, str]:
@@ -128,6 +149,79 @@ def entry(test: str, owner: str, reason: str, days: int = DEFAULT_DAYS, added_by
     end = start + timedelta(days=days)
     return Entry(test, owner, reason, start.isoformat(timespec="seconds"),
                  end.isoformat(timespec="seconds"), added_by[:200])
+
+
+def auto_entry(test: str, flaky: int, window: int, days: int = DEFAULT_DAYS,
+               now: datetime | None = None) -> Entry:
+    """The entry the automatic quarantine makes for a test flaky on ``flaky`` of the last
+    ``window`` reported commits."""
+    start = now or datetime.now(UTC)
+    end = start + timedelta(days=days)
+    return Entry(test, AUTO_OWNER, f"auto: flaky on {flaky} of the last {window} commits",
+                 start.isoformat(timespec="seconds"), end.isoformat(timespec="seconds"),
+                 AUTO_BY)
+
+
+#: Keys of a ``[repo.quarantine]`` table: (what it holds, smallest, largest).
+_POLICY_KEYS: dict[str, tuple[str, int, int]] = {
+    "flaky_commits": ("distinct commits a test flaked on to be a candidate", 1, MAX_WINDOW),
+    "window": ("reported commits looked at", 1, MAX_WINDOW),
+    "release_after": ("consecutive clean runs that release an automatic entry", 1,
+                      MAX_WINDOW),
+    "days": ("days an automatic entry lasts", 1, MAX_DAYS),
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A repository's automatic quarantine (``[repo.quarantine]`` of the operator's
+    file): tests that flaked on ``flaky_commits`` distinct commits of the newest
+    ``window`` reported ones are candidates; an automatic entry ends after
+    ``release_after`` consecutive runs without a failure. Manual entries are never
+    touched."""
+
+    mode: str = "suggest"
+    flaky_commits: int = 3
+    window: int = 50
+    release_after: int = 30
+    days: int = DEFAULT_DAYS
+
+    @classmethod
+    def parse(cls, data: Any, source: str) -> Policy:
+        """The policy of a ``quarantine`` table; :class:`ConfigError` names the bad key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: 'quarantine' must be a table with mode, "
+                              "flaky_commits, window, release_after, days")
+        for key, value in data.items():
+            if key == "mode":
+                if value not in MODES:
+                    raise ConfigError(f"{source}: 'quarantine.mode' must be one of "
+                                      f"{', '.join(MODES)}, not {value!r}")
+                continue
+            if key not in _POLICY_KEYS:
+                known = ", ".join(sorted(["mode", *_POLICY_KEYS]))
+                raise ConfigError(f"{source}: unknown key 'quarantine.{key}' (known: "
+                                  f"{known})")
+            what, low, high = _POLICY_KEYS[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not (
+                    low <= value <= high):
+                raise ConfigError(f"{source}: 'quarantine.{key}' ({what}) must be a whole "
+                                  f"number from {low} to {high}, not {value!r}")
+        policy = cls(**data)
+        if policy.flaky_commits > policy.window:
+            raise ConfigError(f"{source}: 'quarantine.flaky_commits' ({policy.flaky_commits}) "
+                              f"must not exceed 'quarantine.window' ({policy.window})")
+        return policy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "flaky_commits": self.flaky_commits,
+                "window": self.window, "release_after": self.release_after,
+                "days": self.days}
+
+    @property
+    def reads(self) -> int:
+        """Reported commits to read: the window, and enough for a release's streak."""
+        return min(MAX_WINDOW, max(self.window, self.release_after))
 
 
 def plural(n: int) -> str:

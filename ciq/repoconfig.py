@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .quarantine import Policy
 from .settings import NOTIFY_ON
 from .urls import email_problem, webhook_problem
 
@@ -35,12 +36,15 @@ _KINDS: dict[str, str] = {
     "shard": "\"auto\", \"always\" or \"never\" (or true / false)",
     "fail_fast": "true or false",
     "network": "true or false",
+    "quarantine": "a table with mode, flaky_commits, window, release_after, days",
 }
 #: Keys only the operator's file may set: a commit may not widen its own box or say
 #: where its notifications go.
 _OPERATOR_ONLY = {
     "notify": "[repo.notify] of its [[repo]] entry",
     "network": "`network = true` in its [[repo]] entry",
+    # A commit that could turn on auto-quarantine would mute its own flaky tests.
+    "quarantine": "[repo.quarantine] of its [[repo]] entry",
 }
 
 #: Keys of a ``notify`` table and what each holds.
@@ -127,7 +131,7 @@ def _valid(key: str, value: Any) -> bool:
         return isinstance(value, bool)
     if key == "shard":
         return isinstance(value, bool) or value in ("auto", "always", "never")
-    if key == "notify":  # its keys are checked one by one in Notify.parse
+    if key in ("notify", "quarantine"):  # their keys are checked by their own parse
         return isinstance(value, dict)
     if key == "timeout":
         return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
@@ -166,6 +170,9 @@ class RepoConfig:
     fail_fast: bool | None = None
     #: The tests may use the network (the operator's file only); None: they may not.
     network: bool | None = None
+    #: Automatic quarantine of flaky tests (the operator's file only); None: the
+    #: default :class:`~ciq.quarantine.Policy` (mode "suggest").
+    quarantine: Policy | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str, from_commit: bool = False) -> RepoConfig:
@@ -199,6 +206,8 @@ class RepoConfig:
             shard=_shard_mode(data["shard"]) if "shard" in data else None,
             fail_fast=data.get("fail_fast"),
             network=data.get("network"),
+            quarantine=Policy.parse(data["quarantine"], source) if "quarantine" in data
+            else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +243,8 @@ class RepoConfig:
             out["fail_fast"] = self.fail_fast
         if self.network is not None:
             out["network"] = self.network
+        if self.quarantine is not None:
+            out["quarantine"] = self.quarantine.to_dict()
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -257,6 +268,7 @@ class RepoConfig:
             shard=self.shard or base.shard,
             fail_fast=self.fail_fast if self.fail_fast is not None else base.fail_fast,
             network=base.network,
+            quarantine=base.quarantine,
         )
 
 
@@ -264,6 +276,15 @@ def _shard_mode(value: bool | str) -> str:
     if isinstance(value, bool):
         return "always" if value else "never"
     return value
+
+
+def policy_of(stored: tuple[str, dict[str, Any]] | None) -> Policy:
+    """The automatic quarantine of a repository from its stored operator settings
+    (:meth:`~ciq.store.store.Store.repo_config`); the default when none is set."""
+    if stored is None:
+        return Policy()
+    config = RepoConfig.parse(stored[1], stored[0])
+    return config.quarantine or Policy()
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

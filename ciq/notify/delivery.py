@@ -37,7 +37,7 @@ from ..store.keys import DEAD
 from ..store.store import Store
 from ..urls import SmtpURL, repo_name
 from . import targets
-from .events import malformed, wanted
+from .events import mailed, malformed, wanted
 from .targets import Targets, Webhook
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class Deliverer:
                 claimed.sent.append(hook.name)
                 logger.info("notify: sent the %s event %s of %s to webhook %s", event["kind"],
                             claimed.id, self._about(event), hook.shown)
-        if to.emails and to.mail_name not in claimed.sent:
+        if to.emails and to.mail_name not in claimed.sent and mailed(event["kind"]):
             if self.smtp is None:
                 logger.error("notify: cannot mail the %s event %s of %s: CIQ_SMTP_URL is not "
                              "set on this worker", event["kind"], claimed.id, self._about(event))

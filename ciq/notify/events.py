@@ -23,6 +23,13 @@ event is sent depends on the ``on`` setting (CIQ_NOTIFY_ON, or a repository's
 An event is JSON (see :func:`ciq.store.events.event_of`, completed by the script with
 ``kind``, ``previous``, ``subject`` and ``author``). It holds no secret: secrets are read
 from the settings when a message is sent.
+
+One more kind comes before any report: ``first-failure``, made once per commit when a
+run (not a stale one) stores the commit's first failing test (:mod:`ciq.store.live`),
+seconds after it failed. It says ``status`` ``running`` and names the test in ``test``
+(and in ``failures``). It is opt-in and for webhooks only: sent under ``on = "always"``
+(a receiver that wants every event), never by mail, so nobody gets two mails per
+broken commit.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from ..text import printable
 from ..urls import repo_name
 
 # -- Kinds and policy ------------------------------------------------------------------------
@@ -41,11 +49,18 @@ KINDS = ("broken", "still-failing", "fixed", "passed")
 #: it sends no `broken` event (its report still names the tests that flaked).
 GREEN = frozenset({"passed", "flaky"})
 
+#: Kinds of event made while a commit runs, before its report (:mod:`ciq.store.live`).
+LIVE_KINDS = ("first-failure",)
+
+#: Kinds sent to webhooks only, never mailed: an early word is for chat and bots; the
+#: report's own event mails the verdict a few minutes later.
+WEBHOOK_ONLY = frozenset(LIVE_KINDS)
+
 #: The kinds each ``on`` setting sends.
 WANTED: dict[str, frozenset[str]] = {
     "change": frozenset({"broken", "fixed"}),
     "failure": frozenset({"broken", "still-failing", "fixed"}),
-    "always": frozenset(KINDS),
+    "always": frozenset(KINDS + LIVE_KINDS),
     "never": frozenset(),
 }
 
@@ -64,6 +79,11 @@ def wanted(kind: str, on: str) -> bool:
     return kind in WANTED[on]
 
 
+def mailed(kind: str) -> bool:
+    """Whether an event of ``kind`` may go by mail (when :func:`wanted`)."""
+    return kind not in WEBHOOK_ONLY
+
+
 #: What every message says of an event: text, always there (see ``lua/finish.lua``).
 FIELDS = ("id", "repo", "rid", "branch", "commit", "status", "kind")
 
@@ -76,7 +96,7 @@ def malformed(event: Any) -> str | None:
     for name in FIELDS:
         if not isinstance(event.get(name), str):
             return f"{name!r} is {event.get(name)!r}, not a string"
-    if event["kind"] not in KINDS:
+    if event["kind"] not in KINDS + LIVE_KINDS:
         return f"unknown kind {event['kind']!r}"
     return None
 
@@ -101,8 +121,21 @@ def _outcome(event: dict[str, Any]) -> str:
     return str(event["status"])
 
 
+#: Characters of a test id a headline shows.
+HEADLINE_ID = 120
+
+
 def headline(event: dict[str, Any]) -> str:
-    """One line: ``main broken: 3 failed at abc123def456 (lib)``."""
+    """One line: ``main broken: 3 failed at abc123def456 (lib)``; for a first failure
+    ``main first failure: tests/test_x.py::test_y at abc123def456 (lib)``."""
+    if event["kind"] == "first-failure":
+        test = event.get("test")
+        raw = test.get("id") if isinstance(test, dict) else None
+        name = printable(str(raw or "a test")).replace("\n", " ")
+        if len(name) > HEADLINE_ID:
+            name = name[: HEADLINE_ID - 1] + "…"
+        return (f"{event['branch']} first failure: {name} at {event['commit'][:12]} "
+                f"({repo_name(event['repo'])})")
     words = {"broken": "broken", "still-failing": "still failing", "fixed": "fixed",
              "passed": "passed"}[event["kind"]]
     outcome = _outcome(event)

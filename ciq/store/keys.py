@@ -152,7 +152,12 @@ def plan(rid: str, sha: str) -> str:
 
 
 def chunk_lease(rid: str, sha: str, chunk: int) -> str:
-    return f"ciq:chunk-lease:{rid}:{sha}:{chunk}"
+    return f"{chunk_lease_prefix(rid, sha)}{chunk}"
+
+
+def chunk_lease_prefix(rid: str, sha: str) -> str:
+    """What the lease of each chunk of a sharded commit starts with (then its index)."""
+    return f"ciq:chunk-lease:{rid}:{sha}:"
 
 
 def live(rid: str, sha: str) -> str:

@@ -95,29 +95,28 @@ def finish_args(report: Report) -> str:
     count += [f"deflaked:{t.verdict}" for t in report.tests if t.verdict in VERDICTS]
     count += ["quarantined_failures" for t in report.tests
               if t.id in report.quarantined and t.outcome in ("failed", "error")]
-    runs, rerun = report.deflake.get("runs"), report.deflake.get("seconds")
-    if _number(runs) and _number(rerun):
+    runs, rerun = _number(report.deflake.get("runs")), _number(report.deflake.get("seconds"))
+    if runs is not None and rerun is not None:
         count += ["attempt:deflake"] * min(int(runs), 1000)
-        observe.append(["rerun_seconds", float(rerun)])
+        observe.append(["rerun_seconds", rerun])
     # The run went on for this long after its first failure (its own clock, from the
     # run's start; then the reruns): the script takes it off the time to the report.
-    first = report.timings.get("first_failure")
-    later = float(rerun) if _number(rerun) else 0.0
-    after = [["time_to_first_failure", max(0.0, report.duration - float(first)) + later]] if (
-        _number(first)) else []
+    first = _number(report.timings.get("first_failure"))
+    after: list[list[Any]] = [] if first is None else [
+        ["time_to_first_failure", max(0.0, report.duration - first) + (rerun or 0.0)]]
     imbalance = report.shards.get("imbalance")
     if isinstance(imbalance, int | float) and not isinstance(imbalance, bool):
         observe.append(["imbalance", float(imbalance)])
-    for item in observe:
-        item.append(HISTOGRAMS[item[0]])
-    for item in after:
-        item.append(HISTOGRAMS[item[0]])
+    for item in observe + after:
+        item.append(HISTOGRAMS[str(item[0])])
     return json.dumps({"count": count, "observe": observe, "before_report": after,
                        "time_to_report": HISTOGRAMS["time_to_report"]})
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+def _number(value: Any) -> float | None:
+    """``value`` when it is a number of seconds or runs (not negative), else None."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return float(value) if ok else None
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ from .store import Store
 
 logger = logging.getLogger(__name__)
 
+#: What the automatic quarantine did, kept per repository for the web UI (newest first).
+AUTO_LOG_SIZE = 50
+
 
 class Quarantine:
     """The quarantined tests of every repository, over a :class:`Store`."""
@@ -89,6 +92,66 @@ class Quarantine:
         return {e.test: e for e in (_entry(t, v) for t, v in raw.items())
                 if e is not None and e.in_force(now)}
 
+    # -- the automatic quarantine (ciq.worker.housekeeping) --------------------------------
+
+    def add_auto(self, repo: str, entry: Entry, now: datetime | None = None) -> bool:
+        """Quarantine ``entry.test`` unless it has an entry in force (a person's entry,
+        or one an operator renewed, is never replaced) or the repository is full; True
+        when it was written. Checked and written in one transaction."""
+        key = self._key(repo)
+        now = now or datetime.now(UTC)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                old = _entry(entry.test, pipe.hget(key, entry.test) or "")
+                if old is not None and old.in_force(now):
+                    return False
+                if old is None and pipe.hlen(key) >= MAX_ENTRIES:
+                    return False
+                pipe.multi()
+                pipe.hset(key, entry.test, json.dumps(entry.stored()))
+                pipe.execute()
+            except redis.WatchError:  # someone changed the entries: next pass
+                return False
+        return True
+
+    def release_auto(self, repo: str, test: str) -> Entry | None:
+        """End the automatic entry of ``test``: the entry, or None when it is no longer
+        an automatic one (a person replaced it meanwhile) or gone."""
+        key = self._key(repo)
+        with self.client.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(key)
+                old = _entry(test, pipe.hget(key, test) or "")
+                if old is None or not old.auto:
+                    return None
+                pipe.multi()
+                pipe.hdel(key, test)
+                pipe.execute()
+            except redis.WatchError:
+                return None
+        return old
+
+    def record(self, repo: str, event: dict[str, Any]) -> None:
+        """Keep what the automatic quarantine did (the newest :data:`AUTO_LOG_SIZE`)."""
+        key = _auto_log(repo)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.lpush(key, json.dumps(event))
+        pipe.ltrim(key, 0, AUTO_LOG_SIZE - 1)
+        pipe.execute()
+
+    def recorded(self, repo: str, n: int = AUTO_LOG_SIZE) -> list[dict[str, Any]]:
+        """What the automatic quarantine did in ``repo``, newest first."""
+        found = []
+        for raw in self.client.lrange(_auto_log(repo), 0, n - 1):
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+        return found
+
     def _listed(self, key: str, raw: dict[str, str], now: datetime | None) -> list[Entry]:
         now = now or datetime.now(UTC)
         kept, stale = [], []
@@ -106,7 +169,13 @@ class Quarantine:
         return sorted(kept, key=lambda e: e.test)
 
 
+def _auto_log(repo: str) -> str:
+    return f"{keys.quarantine(keys.repo_id(repo))}:auto"
+
+
 def _entry(test: str, raw: str) -> Entry | None:
+    if not raw:
+        return None
     try:
         data = json.loads(raw)
     except ValueError:

@@ -81,6 +81,8 @@ DURATIONS = Script.load("durations")
 # Reruns of a commit's failing tests by another worker.
 RERUN_TAKE = Script.load("rerun_take")
 RERUN_BEAT = Script.load("rerun_beat")
+# Live results: a commit's first failure and its notification event.
+FIRST_FAILURE = Script.load("first_failure")
 # Notification events.
 EVENT_CLAIM = Script.load("event_claim")
 EVENT_ACK = Script.load("event_ack")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from .history import history
 from .params import HISTORY_DEFAULT, BranchQuery, Reads, RepoId, Sha
-from .queries import PAGE_SIZE, branch_status, offset_of, repo_dict
+from .queries import MAX_HISTORY, PAGE_SIZE, branch_status, offset_of, repo_dict
 
 #: Most commits one API page returns.
 MAX_LIMIT = 200
@@ -104,6 +104,66 @@ class HistoryOut(BaseModel):
                                                     "failing, then the rest.")
 
 
+class TestStatsOut(BaseModel):
+    id: str
+    runs: int = Field(description="Commits of the window on which it passed, failed or "
+                                  "errored.")
+    failures: int = Field(description="Runs it ended failing (confirmed, or not rerun).")
+    flakes: int = Field(description="Runs it failed, then passed when rerun on the same "
+                                    "commit.")
+    flake_rate: float = Field(description="flakes / runs.")
+    flake_interval: list[float] = Field(description="95 % Wilson score interval of the "
+                                                    "flake rate: [low, high].")
+    unstable: int = Field(description="Flips between passing and failing across commits "
+                                      "(for ranking only).")
+    last_flaky: str | None = Field(description="Newest commit on which it flaked.")
+    last_failing: str | None = Field(description="Newest commit on which it failed.")
+    duration_p50: float | None = Field(description="Median seconds of its runs.")
+    duration_p95: float | None
+    clean_streak: int = Field(description="Newest runs in a row that passed at once.")
+    clean_bound: float | None = Field(description="95 % upper bound of its flake rate "
+                                                  "after that clean streak: 1 - 0.05**(1/n).")
+    quarantine: dict[str, Any] | None = Field(description="Its entry in force (state, auto, "
+                                                          "owner, reason, expires_at, and "
+                                                          "clean_runs since it was made "
+                                                          "with their clean_bound).")
+
+
+class RepoStatsOut(BaseModel):
+    commits: int
+    flaky_commits: int = Field(description="Commits with at least one flaky test.")
+    flaky_share: float
+    flaky_interval: list[float] = Field(description="95 % Wilson interval of the share.")
+    rerun_commits: int = Field(description="Commits whose failing tests were rerun.")
+    rerun_seconds: float = Field(description="Seconds spent rerunning failing tests.")
+    rerun_seconds_per_commit: float
+
+
+class AutoQuarantineOut(BaseModel):
+    mode: str = Field(description="suggest (the default: only shown here), auto, off.")
+    flaky_commits: int
+    window: int
+    release_after: int
+    days: int
+    suggestions: list[dict[str, Any]] = Field(description="Tests flaky on enough distinct "
+                                                          "commits, not quarantined.")
+    releases: list[dict[str, Any]] = Field(description="Automatic entries due for release, "
+                                                       "with the bound on the flake rate.")
+    recent: list[dict[str, Any]] = Field(description="What it did lately, newest first.")
+
+
+class StatsOut(BaseModel):
+    id: str
+    repo: str
+    branch: str | None
+    window: int = Field(description="Reported commits the statistics are over.")
+    summary: RepoStatsOut
+    tests: list[TestStatsOut] = Field(description="Flakiest first, then failing.")
+    quarantine: AutoQuarantineOut = Field(description="The automatic quarantine, over its "
+                                                      "own window.")
+    commits: list[CommitRow]
+
+
 class BranchStatus(BaseModel):
     id: str
     repo: str
@@ -164,6 +224,21 @@ def tests(
     newly broken tests first."""
     found = history(q.reported(rid, n, branch))
     return {"id": rid, "repo": q.repo(rid), "branch": branch or None, **found.to_dict()}
+
+
+@router.get("/repos/{rid}/stats", summary="Per-test statistics", response_model=StatsOut)
+def stats(
+    rid: RepoId, q: Reads,
+    n: Annotated[int | None, Query(ge=1, le=MAX_HISTORY, description="Reported commits to "
+                                   "look at; the auto-quarantine window when not given.")
+                 ] = None,
+    branch: BranchQuery = None,
+) -> dict[str, Any]:
+    """Runs, failures, same-commit flakes and flake rate (with its 95 % Wilson interval),
+    unstable score, last flaky and failing commits, duration p50/p95 and quarantine state
+    of each test; the repository's share of flaky commits and rerun seconds; and the
+    automatic quarantine's suggestions and releases."""
+    return q.statistics(rid, n, branch)
 
 
 @router.get("/repos/{rid}/branches/{branch:path}", summary="A branch's status",

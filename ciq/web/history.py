@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..report import Report
+from ..stats import flips
 
 #: Flips between passing and failing that make a test unstable.
 UNSTABLE_FLIPS = 2
@@ -64,11 +65,6 @@ class History:
         return {"commits": list(self.commits), "tests": [t.to_dict() for t in self.tests]}
 
 
-def _flips(outcomes: tuple[str | None, ...]) -> int:
-    states = [o in _BAD for o in outcomes if o in ("passed", *_BAD)]
-    return sum(a != b for a, b in zip(states, states[1:], strict=False))
-
-
 def history(reported: list[tuple[dict[str, Any], Report]]) -> History:
     """The history of every test in ``reported`` (rows and reports, newest first)."""
     by_commit = [{t.id: t.outcome for t in report.tests} for _, report in reported]
@@ -79,7 +75,7 @@ def history(reported: list[tuple[dict[str, Any], Report]]) -> History:
         outcomes = tuple(o.get(test_id) for o in by_commit)
         newly = len(outcomes) > 1 and outcomes[0] in _BAD and outcomes[1] == "passed"
         flakes = sum(test_id in f for f in flaked)
-        tests.append(TestHistory(test_id, outcomes, _flips(outcomes), newly, flakes))
+        tests.append(TestHistory(test_id, outcomes, flips(outcomes), newly, flakes))
     tests.sort(key=lambda t: (not t.newly_broken, not t.flakes, not t.unstable, not t.failing,
                               not t.ever_failed, t.id))
     return History(tuple(r for r, _ in reported), tuple(tests))

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from ..errors import NotFound
 from ..junit import to_junit
 from ..report import Report
+from ..store.live import live_view
 from . import filters
 from .badge import badge
 from .history import history
@@ -94,8 +95,10 @@ def commit(request: Request, rid: RepoId, sha: Sha, q: Reads) -> HTMLResponse:
     report = found.report
     failures = [t for t in report.tests if t.outcome in ("failed", "error")] if report else []
     tests = _tests_in_order(report) if report else []
+    # Until the report lands: the first failure and the outcomes so far (live.js goes on).
+    live = live_view(q.store, found.repo, found.sha) if report is None else None
     return render(request, "commit.html", c=found, row=found.row, report=report,
-                  failures=failures, tests=tests, rid=rid, repo=found.repo)
+                  failures=failures, tests=tests, rid=rid, repo=found.repo, live=live)
 
 
 @router.get("/repos/{rid}/commits/{sha}/junit.xml", summary="One commit's JUnit XML",
@@ -114,10 +117,14 @@ def junit(rid: RepoId, sha: Sha, q: Reads) -> Response:
 def tests(request: Request, rid: RepoId, q: Reads,
           n: Annotated[int, Query(ge=1, le=100)] = HISTORY_DEFAULT,
           branch: BranchQuery = None) -> HTMLResponse:
-    found = history(q.reported(rid, n, branch))
-    return render(request, "tests.html", rid=rid, repo=q.repo(rid), h=found, n=n,
+    repo = q.repo(rid)
+    reported = q.reported(rid, q.wanted(repo, n), branch)
+    found = history(reported[:n])
+    stats = q.statistics(rid, n, branch, reported)
+    return render(request, "tests.html", rid=rid, repo=repo, h=found, n=n,
                   branch=branch or None, branches=q.branches(rid),
-                  rows=found.tests[:MAX_HISTORY_ROWS])
+                  rows=found.tests[:MAX_HISTORY_ROWS], stats=stats,
+                  stat_rows=stats["tests"][:MAX_HISTORY_ROWS])
 
 
 @router.get("/badge/{rid}/{branch:path}.svg", summary="A branch's status badge",

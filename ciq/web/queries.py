@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BadInput, NotFound
+from ..errors import BadInput, ConfigError, NotFound
 from ..gitrepo import validate_sha_prefix
+from ..quarantine import Policy
+from ..repoconfig import policy_of
 from ..report import Report
+from ..stats import per_test, releases, repo_stats, suggestions
+from ..store.quarantine import Quarantine
 from ..store.store import Store
 from .filters import path as url_path
 
@@ -141,6 +145,45 @@ class Queries:
         rows = self.store.rows(repo, shas)
         return [(r, report) for r, report in zip(rows, reports, strict=True)
                 if report is not None]  # None: pruned between the two reads
+
+
+    def policy(self, repo: str) -> Policy:
+        """The repository's automatic quarantine as the operator stored it; "off" when
+        the stored settings do not parse (the workers skip the repository then too)."""
+        try:
+            return policy_of(self.store.repo_config(repo))
+        except ConfigError:
+            return Policy(mode="off")
+
+    def wanted(self, repo: str, n: int) -> int:
+        """Reported commits to read for statistics over ``n`` and the quarantine's own
+        window."""
+        return max(n, self.policy(repo).reads)
+
+    def statistics(self, rid: str, n: int | None = None, branch: str | None = None,
+                   reported: list[tuple[dict[str, Any], Report]] | None = None
+                   ) -> dict[str, Any]:
+        """Per-test and per-repository statistics over the newest ``n`` reported commits
+        (the policy's window when not told), and what the automatic quarantine suggests
+        or would release, over its own window (as the workers see it when no branch is
+        given). ``reported``: those commits, when the caller read them already
+        (:meth:`wanted` of them at least)."""
+        repo = self.repo(rid)
+        policy = self.policy(repo)
+        window = n or policy.window
+        if reported is None:
+            reported = self.reported(rid, self.wanted(repo, window), branch)
+        reports = [r for _, r in reported]
+        held = Quarantine(self.store).in_force(repo)
+        shown = reports[:window]
+        auto = {**policy.to_dict(),
+                "suggestions": [s.to_dict() for s in suggestions(reports, policy, held)],
+                "releases": [r.to_dict() for r in releases(reports, policy, held)],
+                "recent": Quarantine(self.store).recorded(repo, 10)}
+        return {"id": rid, "repo": repo, "branch": branch or None, "window": len(shown),
+                "summary": repo_stats(shown),
+                "tests": [t.to_dict() for t in per_test(shown, held)],
+                "quarantine": auto, "commits": [row for row, _ in reported[:window]]}
 
 
 # -- What the pages and the API share ---------------------------------------------------

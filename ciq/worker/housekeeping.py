@@ -1,5 +1,5 @@
-"""What a ciq worker runs besides tasks: the reconciler, the stale-run sweeper and the
-delivery of notifications.
+"""What a ciq worker runs besides tasks: the reconciler, the stale-run sweeper, the
+automatic quarantine of flaky tests and the delivery of notifications.
 
 They run in threads of the worker's main process (a Celery bootstep), not in the pool,
 so they keep going while every pool process is busy with a long run, and no run waits
@@ -11,18 +11,103 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import bootsteps
 
 from ..dispatch import reconcile
+from ..errors import ConfigError
 from ..notify.delivery import Deliverer
+from ..quarantine import auto_entry
+from ..repoconfig import policy_of
 from ..runner.runs import sweep_stale_runs
+from ..stats import Release, Suggestion, releases, suggestions
 from ..store import outbox
+from ..store.quarantine import Quarantine
+from ..store.store import Store
 from .attempt import Attempts
 from .liveness import Watcher, resend_after
 
 logger = logging.getLogger(__name__)
+
+#: Seconds between two passes of the automatic quarantine, in the whole cluster (a lock
+#: of that lifetime): a pass reads up to 100 whole reports per repository, and flakiness
+#: changes over commits, not seconds.
+AUTO_QUARANTINE_EVERY = 60.0
+#: Repositories one pass looks at; the next pass takes the next ones.
+REPOS_PER_PASS = 20
+#: Tests one pass quarantines at most per repository: a burst of flakes is more likely a
+#: broken environment than twenty flaky tests, and needs a person.
+ADDS_PER_PASS = 10
+
+
+@dataclass
+class Changes:
+    """What one pass of the automatic quarantine found and did in one repository."""
+
+    mode: str
+    suggested: list[Suggestion] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    released: list[Release] = field(default_factory=list)
+
+
+def quarantine_repo(store: Store, repo: str, now: datetime | None = None) -> Changes:
+    """One repository's automatic quarantine (its ``[repo.quarantine]`` policy): in mode
+    "auto", quarantine the tests flaky on enough distinct commits and release automatic
+    entries after their clean streak; in "suggest", only say which; in "off", nothing.
+    A person's entries are never replaced nor released."""
+    now = now or datetime.now(UTC)
+    try:
+        policy = policy_of(store.repo_config(repo))
+    except ConfigError as exc:  # settings stored by an older ciq: say so, touch nothing
+        logger.warning("auto-quarantine %s: bad stored settings: %s", repo, exc)
+        return Changes("off")
+    changes = Changes(policy.mode)
+    if policy.mode == "off":
+        return changes
+    shas = store.reported(repo, policy.reads)
+    reports = [r for r in store.reports(repo, shas) if r is not None]
+    q = Quarantine(store)
+    held = q.in_force(repo, now)
+    changes.suggested = suggestions(reports, policy, held, now)
+    due = releases(reports, policy, held, now)
+    if policy.mode != "auto":
+        changes.released = due  # shown as what auto mode would release
+        return changes
+    for s in changes.suggested[:ADDS_PER_PASS]:
+        if q.add_auto(repo, auto_entry(s.test, s.flaky, s.window, policy.days, now), now):
+            changes.added.append(s.test)
+            q.record(repo, {"at": now.isoformat(timespec="seconds"), "action": "quarantined",
+                            "test": s.test, "reason": s.reason})
+            logger.info("auto-quarantine %s: quarantined %s (%s)", repo, s.test, s.reason)
+    for r in due:
+        if q.release_auto(repo, r.test) is not None:
+            changes.released.append(r)
+            q.record(repo, {"at": now.isoformat(timespec="seconds"), "action": "released",
+                            "test": r.test, "reason": r.reason})
+            logger.info("auto-quarantine %s: released %s (%s)", repo, r.test, r.reason)
+    return changes
+
+
+def auto_quarantine(store: Store, now: datetime | None = None,
+                    limit: int = REPOS_PER_PASS) -> dict[str, Changes]:
+    """One pass over up to ``limit`` repositories (a different slice each
+    :data:`AUTO_QUARANTINE_EVERY` seconds); a failing repository does not stop the
+    others."""
+    repos = store.repos()
+    if len(repos) > limit:
+        start = int(time.time() // AUTO_QUARANTINE_EVERY) * limit % len(repos)
+        repos = (repos[start:] + repos[:start])[:limit]
+    done = {}
+    for repo in repos:
+        try:
+            done[repo] = quarantine_repo(store, repo, now)
+        except Exception as exc:  # one repository's bad data must not stop the rest
+            logger.warning("auto-quarantine %s failed: %s", repo, exc)
+    return done
 
 
 class Housekeeping(bootsteps.StartStopStep):
@@ -84,9 +169,13 @@ class Housekeeping(bootsteps.StartStopStep):
                 reconcile(store, mine.sender, shards=shards,
                           resend_after=resend_after(settings))
 
+        def quarantiner() -> None:
+            if store.try_lock("auto-quarantine", AUTO_QUARANTINE_EVERY):
+                auto_quarantine(store)
+
         steps = {"announce": announce, "sweep": sweep,
                  "outbox": lambda: outbox.deliver_pending(store, settings.data_dir),
-                 "reconcile": reconciler}
+                 "reconcile": reconciler, "auto-quarantine": quarantiner}
         while True:
             for name, step in steps.items():
                 try:  # each on its own: a failing step must not hold up the others
