@@ -9,7 +9,7 @@ change between the runs, so a rerun that passes means the test's outcome does no
 from the code alone.
 
 * any rerun passes: **flaky**; **order-dependent** when every run alone passed and the run
-  in order failed again (it fails because of what ran before it);
+  in order failed again, twice (it fails because of what ran before it);
 * every rerun fails: **confirmed**;
 * no rerun could be made (too many failing tests, no time left, the reruns themselves
   broke down): **not rerun**, which counts as a failure.
@@ -31,6 +31,8 @@ from .report import Attempt, Report, Summary, TestResult
 VERDICTS = ("flaky", "order-dependent", "confirmed", "not rerun")
 #: Runs of each failing test by itself.
 ALONE_RUNS = 3
+#: Runs in order at most: a second one only to confirm an order dependence.
+IN_ORDER_RUNS = 2
 #: Failing tests rerun at most: more failing at once is a break, not a flake.
 MAX_TESTS = 20
 #: Test ids a message names at most.
@@ -102,19 +104,31 @@ class Reruns:
             raise ValueError(f"not reruns: {exc}") from exc
 
 
-def classify(alone: Sequence[str], in_order: str | None) -> str:
+def classify(alone: Sequence[str], in_order: str | Sequence[str] | None) -> str:
     """The verdict of a failing test from the outcomes of its reruns by itself
-    (``alone``) and after the tests before it (``in_order``; None: not made). Outcomes
-    other than passed, failed and error (skipped, not run) are no evidence."""
+    (``alone``) and after the tests before it (``in_order``: one outcome or several;
+    None: not made). Outcomes other than passed, failed and error (skipped, not run)
+    are no evidence."""
     alone = [o for o in alone if o in _EVIDENCE]
-    order = in_order if in_order in _EVIDENCE else None
-    if not alone and order is None:
+    runs = [in_order] if isinstance(in_order, str) else list(in_order or ())
+    order = [o for o in runs if o in _EVIDENCE]
+    if not alone and not order:
         return "not rerun"
-    if alone and all(o == "passed" for o in alone) and order in _FAILING:
+    if alone and all(o == "passed" for o in alone) and order and all(
+            o in _FAILING for o in order):
         return "order-dependent"
-    if "passed" in alone or order == "passed":
+    if "passed" in alone or "passed" in order:
         return "flaky"
     return "confirmed"
+
+
+def confirm_order(alone: Sequence[str], in_order: Sequence[str]) -> bool:
+    """Whether to make the run in order once more: it failed while every run alone
+    passed. A random flake (one run in five) fails one run in order in five too, and
+    would be called order-dependent one time in ten; failing twice in order, one in
+    fifty."""
+    return (0 < len(in_order) < IN_ORDER_RUNS and bool(alone)
+            and all(o == "passed" for o in alone) and all(o in _FAILING for o in in_order))
 
 
 def to_rerun(report: Report, muted: Collection[str] = ()) -> list[str]:
@@ -145,7 +159,7 @@ def judge(report: Report, reruns: Mapping[str, Sequence[Attempt]], muted: Collec
         first = Attempt(t.outcome, t.duration, t.message, report.worker, "run")
         runs = tuple(reruns.get(t.id, ()))
         verdict = classify([a.outcome for a in runs if a.kind == "alone"],
-                           next((a.outcome for a in runs if a.kind == "in order"), None))
+                           [a.outcome for a in runs if a.kind == "in order"])
         if verdict in ("flaky", "order-dependent"):
             passed = next(a for a in runs if a.outcome == "passed")
             bad = 1 + sum(a.outcome in _FAILING for a in runs)

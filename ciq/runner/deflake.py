@@ -16,7 +16,15 @@ import logging
 import time
 from collections.abc import Callable, Collection
 
-from ..flaky import ALONE_RUNS, MAX_TESTS, RerunPlan, Reruns, judge, to_rerun
+from ..flaky import (
+    ALONE_RUNS,
+    MAX_TESTS,
+    RerunPlan,
+    Reruns,
+    confirm_order,
+    judge,
+    to_rerun,
+)
 from ..report import Attempt, Report
 from .commit import Checkout, run_tests
 
@@ -69,7 +77,7 @@ def deflake(ready: Checkout, report: Report, muted: Collection[str] = (),
 def rerun(ready: Checkout, plan: RerunPlan, end: float) -> Reruns:
     """Make the reruns of ``plan`` in ``ready`` before ``end`` (time.monotonic()): each
     failing test alone :data:`~ciq.flaky.ALONE_RUNS` times, then once after the tests
-    before it."""
+    before it (twice when that alone would make it order-dependent)."""
     end = min(end, ready.deadline - MARGIN_SECONDS)
     order, durations = list(plan.order), plan.durations
     found: dict[str, tuple[Attempt, ...]] = {}
@@ -92,8 +100,15 @@ def rerun(ready: Checkout, plan: RerunPlan, end: float) -> Reruns:
         elif time.monotonic() + before + durations[test] > end:
             notes.add("out of rerun time")
         else:
-            runs += 1
-            attempts += _once(ready, prefix, test, "in order")
+            while True:  # once, and again only to confirm an order dependence
+                runs += 1
+                attempts += _once(ready, prefix, test, "in order")
+                if not confirm_order([a.outcome for a in attempts if a.kind == "alone"],
+                                     [a.outcome for a in attempts if a.kind == "in order"]):
+                    break
+                if time.monotonic() + before + durations[test] > end:
+                    notes.add("out of rerun time")
+                    break
         if attempts:
             found[test] = tuple(attempts)
         if ready.spec.cancelled is not None and ready.spec.cancelled():
