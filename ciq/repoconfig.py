@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .quarantine import Policy
-from .settings import NOTIFY_ON
+from .settings import FIRST_FAILURE, NOTIFY_ON
 from .urls import email_problem, webhook_problem
 
 #: What each key holds; `url` and `branches` only make sense in the operator's file.
@@ -32,7 +32,7 @@ _KINDS: dict[str, str] = {
     "extras": "a list of extra names (may be empty)",
     "install": "true or false",
     "queue": "a plain name like \"heavy\" (letters, digits, - and _)",
-    "notify": "a table with webhook, secret, email, on",
+    "notify": "a table with webhook, secret, email, on, first_failure",
     "shard": "\"auto\", \"always\" or \"never\" (or true / false)",
     "fail_fast": "true or false",
     "network": "true or false",
@@ -53,6 +53,7 @@ _NOTIFY_KINDS: dict[str, str] = {
     "secret": "a non-empty string",
     "email": "a list of addresses like \"dev@example.org\"",
     "on": " or ".join(f'"{o}"' for o in NOTIFY_ON),
+    "first_failure": " or ".join(f'"{o}"' for o in FIRST_FAILURE),
 }
 
 
@@ -68,6 +69,8 @@ class Notify:
     secret: str | None = field(default=None, repr=False)
     email: tuple[str, ...] = ()
     on: str | None = None
+    #: Over CIQ_NOTIFY_FIRST_FAILURE: whether the webhooks hear of a first failure.
+    first_failure: str | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any], source: str) -> Notify:
@@ -81,7 +84,8 @@ class Notify:
                 raise ConfigError(f"{source}: 'notify.{key}' must be {_NOTIFY_KINDS[key]}"
                                   f"{shown}")
         return cls(webhook=data.get("webhook"), secret=data.get("secret"),
-                   email=tuple(data.get("email", ())), on=data.get("on"))
+                   email=tuple(data.get("email", ())), on=data.get("on"),
+                   first_failure=data.get("first_failure"))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -93,6 +97,8 @@ class Notify:
             out["email"] = list(self.email)
         if self.on:
             out["on"] = self.on
+        if self.first_failure:
+            out["first_failure"] = self.first_failure
         return out
 
 
@@ -106,6 +112,8 @@ def _valid_notify(key: str, value: Any) -> bool:
             isinstance(v, str) and email_problem(v) is None for v in value)
     if key == "on":
         return value in NOTIFY_ON
+    if key == "first_failure":
+        return value in FIRST_FAILURE
     return False
 
 

@@ -21,6 +21,10 @@ DEFAULT_CELERY_CONFIG = "worker_config.celeryconfig"
 #: ``notify.on``): when it goes from passed to not (``broken``) and back (``fixed``);
 #: also every non-passed report (``failure``); every report (``always``); never.
 NOTIFY_ON = ("change", "failure", "always", "never")
+#: Where a commit's first failing test is told as it happens, before the report
+#: (CIQ_NOTIFY_FIRST_FAILURE, a repository's ``notify.first_failure``): nowhere, or to
+#: the webhooks (never by mail: the report's own event mails the verdict).
+FIRST_FAILURE = ("off", "webhook")
 
 
 def _default_data_dir(environ: Mapping[str, str]) -> Path:
@@ -103,6 +107,9 @@ class Settings:
     mail_from: str | None = None
     #: Which reports of a branch notify (one of NOTIFY_ON); a repository may say otherwise.
     notify_on: str = "change"
+    #: Whether the first failure of a commit goes to the webhooks as it happens (one of
+    #: FIRST_FAILURE); a repository may say otherwise.
+    notify_first_failure: str = "off"
     #: Address of `ciq web` as people reach it, e.g. https://ci.example.org: notifications
     #: then link to the commit's page.
     web_url: str | None = None
@@ -148,6 +155,7 @@ class Settings:
         "smtp_url": "CIQ_SMTP_URL",
         "mail_from": "CIQ_MAIL_FROM",
         "notify_on": "CIQ_NOTIFY_ON",
+        "notify_first_failure": "CIQ_NOTIFY_FIRST_FAILURE",
         "web_url": "CIQ_WEB_URL",
         "notify_timeout": "CIQ_NOTIFY_TIMEOUT",
         "operator_token": "CIQ_OPERATOR_TOKEN",
@@ -229,6 +237,9 @@ class Settings:
         if self.notify_on not in NOTIFY_ON:
             raise ConfigError(f"{env['notify_on']}={self.notify_on!r} must be one of "
                               f"{', '.join(NOTIFY_ON)}")
+        if self.notify_first_failure not in FIRST_FAILURE:
+            raise ConfigError(f"{env['notify_first_failure']}={self.notify_first_failure!r} "
+                              f"must be one of {', '.join(FIRST_FAILURE)}")
         for name in ("webhook_url", "web_url"):
             url = getattr(self, name)
             problem = url and webhook_problem(url)

@@ -1,7 +1,8 @@
 """The `first-failure` notification: made once per commit when a run that still holds it
 stores the commit's first failure (the same script as the first failure itself, in the
 batch's round trip), never for a stale run; delivered through the due set like every
-event, to webhooks under `on = "always"` and never by mail. Real Redis, a real HTTP and
+event, to webhooks when CIQ_NOTIFY_FIRST_FAILURE (or the repository's
+`notify.first_failure`) says `webhook`, and never by mail. Real Redis, a real HTTP and
 SMTP server, and once with a real worker."""
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from ciq.errors import ConfigError
 from ciq.notify import targets
 from ciq.notify.delivery import Deliverer
 from ciq.notify.events import KINDS, LIVE_KINDS, headline, mailed, malformed, wanted
+from ciq.repoconfig import Notify
 from ciq.settings import Settings
 from ciq.store import Store, keys
 from ciq.store.keys import DUE, EVENTS, repo_id
@@ -129,21 +132,37 @@ def test_hostile_ids_and_messages_are_bounded_in_the_event(store: Store):
 
 # -- Policy and delivery -------------------------------------------------------------------
 
-def test_only_always_sends_it_and_never_by_mail():
+def test_only_its_own_setting_sends_it_and_never_by_mail():
     assert LIVE_KINDS == ("first-failure",) and "first-failure" not in KINDS
-    assert [on for on in ("change", "failure", "always", "never")
-            if wanted("first-failure", on)] == ["always"]
+    ons = ("change", "failure", "always", "never")
+    assert [on for on in ons if wanted("first-failure", on)] == []
+    assert [on for on in ons if wanted("first-failure", on, "webhook")] == [
+        "change", "failure", "always"]
+    assert not any(wanted("passed", on, "webhook") for on in ("change", "failure"))
     assert not mailed("first-failure") and all(mailed(k) for k in KINDS)
+
+
+def test_a_repository_turns_it_on_or_off_over_the_setting(settings: Settings):
+    on = Notify.parse({"first_failure": "webhook"}, "ops")
+    assert targets.Targets.of(settings, on).first_failure == "webhook"
+    off = Notify.parse({"first_failure": "off"}, "ops")
+    assert targets.Targets.of(replace(settings, notify_first_failure="webhook"),
+                              off).first_failure == "off"
+    assert targets.Targets.of(settings, None).first_failure == "off"  # the default
+    with pytest.raises(ConfigError, match="'notify.first_failure' must be \"off\" or"):
+        Notify.parse({"first_failure": 1}, "ops")
+    with pytest.raises(ConfigError, match="CIQ_NOTIFY_FIRST_FAILURE='mail' must be one of"):
+        Settings.from_env({"CIQ_NOTIFY_FIRST_FAILURE": "mail"})
 
 
 def test_it_goes_to_the_webhook_and_not_to_the_mailbox(
     store: Store, settings: Settings, receiver, smtp_server  # noqa: F811 - fixtures
 ):
-    # Given a webhook and a mail address, under on = "always"
+    # Given a webhook and a mail address, first failures asked for
     hook = receiver()
     url, box = smtp_server
     s = replace(settings, webhook_url=hook.url, webhook_secret="s", smtp_url=url,
-                notify_email="dev@example.org", notify_on="always",
+                notify_email="dev@example.org", notify_first_failure="webhook",
                 web_url="http://ci.example.org")
     sha = running(store, "2" * 40)
     LiveResults(store, REPO, sha, RUN)([failing()])
@@ -159,7 +178,7 @@ def test_it_goes_to_the_webhook_and_not_to_the_mailbox(
     assert box.messages == [] and not store.client.hlen(EVENTS)
 
 
-def test_under_the_default_on_it_is_dropped_unsent(
+def test_by_default_it_is_dropped_unsent(
     store: Store, settings: Settings, receiver  # noqa: F811 - a fixture
 ):
     hook = receiver()
@@ -175,14 +194,14 @@ def test_under_the_default_on_it_is_dropped_unsent(
 def test_a_real_run_posts_its_first_failure_long_before_its_report(
     make_repo, worker, store: Store, settings: Settings, receiver, smtp_server  # noqa: F811
 ):
-    # Given a worker posting every event to a webhook and mailing, and a suite whose
+    # Given a worker posting first failures to a webhook and mailing, and a suite whose
     # first test fails and whose other tests take 5 s
     repo = make_repo(EARLY_FAILURE)
     path, sha = str(repo.path), repo.head()
     hook = receiver(on_request=lambda: store.report(path, sha) is not None)
     smtp_url, box = smtp_server
-    worker(CIQ_WEBHOOK_URL=hook.url, CIQ_NOTIFY_ON="always", CIQ_SMTP_URL=smtp_url,
-           CIQ_NOTIFY_EMAIL="dev@example.org")
+    worker(CIQ_WEBHOOK_URL=hook.url, CIQ_NOTIFY_FIRST_FAILURE="webhook",
+           CIQ_SMTP_URL=smtp_url, CIQ_NOTIFY_EMAIL="dev@example.org")
     # When it runs
     assert run_ciq(settings, "enqueue", path).returncode == 0
     report = wait_report(store, path, sha, timeout=60)

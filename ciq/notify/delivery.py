@@ -207,7 +207,7 @@ class Deliverer:
         the errors of those that failed."""
         event = claimed.event
         to = self.targets_of(event["repo"])
-        if not wanted(event["kind"], to.on):
+        if not wanted(event["kind"], to.on, to.first_failure):
             return []
         web_url, timeout = self.settings.web_url, self.settings.notify_timeout
         errors = []

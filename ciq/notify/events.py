@@ -27,8 +27,9 @@ from the settings when a message is sent.
 One more kind comes before any report: ``first-failure``, made once per commit when a
 run (not a stale one) stores the commit's first failing test (:mod:`ciq.store.live`),
 seconds after it failed. It says ``status`` ``running`` and names the test in ``test``
-(and in ``failures``). It is opt-in and for webhooks only: sent under ``on = "always"``
-(a receiver that wants every event), never by mail, so nobody gets two mails per
+(and in ``failures``). It is opt-in and for webhooks only: sent when
+``CIQ_NOTIFY_FIRST_FAILURE`` (or the repository's ``notify.first_failure``) is
+``webhook`` and ``on`` is not ``never``; never by mail, so nobody gets two mails per
 broken commit.
 """
 
@@ -60,7 +61,7 @@ WEBHOOK_ONLY = frozenset(LIVE_KINDS)
 WANTED: dict[str, frozenset[str]] = {
     "change": frozenset({"broken", "fixed"}),
     "failure": frozenset({"broken", "still-failing", "fixed"}),
-    "always": frozenset(KINDS + LIVE_KINDS),
+    "always": frozenset(KINDS),
     "never": frozenset(),
 }
 
@@ -74,8 +75,11 @@ def kind_of(previous: str | None, status: str) -> str:
     return "still-failing" if was_red else "broken"
 
 
-def wanted(kind: str, on: str) -> bool:
-    """Whether an event of ``kind`` is sent under the ``on`` setting."""
+def wanted(kind: str, on: str, first_failure: str = "off") -> bool:
+    """Whether an event of ``kind`` is sent under the ``on`` setting; a live one (a first
+    failure) when ``first_failure`` asks for it too."""
+    if kind in LIVE_KINDS:
+        return first_failure != "off" and on != "never"
     return kind in WANTED[on]
 
 

@@ -46,6 +46,8 @@ class Targets:
     on: str
     webhooks: tuple[Webhook, ...] = ()
     emails: tuple[str, ...] = ()
+    #: Whether a first failure goes to the webhooks (one of settings.FIRST_FAILURE).
+    first_failure: str = "off"
 
     @classmethod
     def of(cls, settings: Settings, notify: Notify | None) -> Targets:
@@ -58,7 +60,8 @@ class Targets:
         if notify:
             emails += [a for a in notify.email if a not in emails]
         on = (notify.on if notify and notify.on else None) or settings.notify_on
-        return cls(on, tuple(hooks), tuple(emails))
+        first = (notify.first_failure if notify else None) or settings.notify_first_failure
+        return cls(on, tuple(hooks), tuple(emails), first)
 
     @property
     def mail_name(self) -> str:
