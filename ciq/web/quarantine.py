@@ -53,6 +53,9 @@ class EntryOut(BaseModel):
     added_at: str
     expires_at: str
     added_by: str
+    auto: bool = Field(False, description="Made by the automatic quarantine ([repo."
+                       "quarantine] mode = \"auto\"), which releases it after a clean streak; "
+                       "a person's entry never is.")
     state: str = Field(description="`in force` or `expired` (listed a while, then deleted).")
 
 
