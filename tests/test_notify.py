@@ -286,7 +286,8 @@ def test_operator_file_notify_table(tmp_path: Path):
     ('webhook = "file:///etc/passwd"', "'notify.webhook' must be an http:// or https:// URL"),
     ('email = "dev@example.org"', "'notify.email' must be a list of addresses"),
     ('secret = ""', "'notify.secret' must be a non-empty string"),
-    ('channel = "#ci"', "unknown key 'notify.channel' (known: email, first_failure, on, secret, webhook)"),
+    ('channel = "#ci"',
+     "unknown key 'notify.channel' (known: email, first_failure, on, secret, webhook)"),
 ])  # fmt: skip
 def test_bad_notify_tables_are_one_line_errors(tmp_path: Path, table: str, message: str):
     path = tmp_path / "repos.toml"
