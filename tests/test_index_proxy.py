@@ -115,9 +115,12 @@ def ask(path: Path, raw: bytes, end: bool = False) -> bytes:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.settimeout(5)
         client.connect(str(path))
-        client.sendall(raw)
-        if end:
-            client.shutdown(socket.SHUT_WR)
+        try:
+            client.sendall(raw)
+            if end:
+                client.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:  # it answered and closed first (a refusal): read it
+            pass
         answer = b""
         while chunk := client.recv(65536):
             answer += chunk
