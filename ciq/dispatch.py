@@ -28,6 +28,7 @@ from .settings import Settings
 from .store import claims
 from .store.keys import task_id
 from .store.scripts import Redisish, RedisPy
+from .supersede import BACKFILL_PRIORITY, backfill_list
 
 if TYPE_CHECKING:
     from .store.shards import Shards
@@ -99,6 +100,23 @@ class Sender:
         """The message of chunk ``index`` of a sharded commit: first in line, since its
         commit has started."""
         return Message(queue, run_message(repo, sha, branch, queue, index), first=True)
+
+    def backfill(self, repo: str, sha: str, branch: str | None,
+                 queue: str | None = None) -> Message:
+        """The message of a commit's run on its queue's backfill list, which workers
+        take only when nothing else waits on the queue (:mod:`ciq.supersede`)."""
+        queue = queue or self.queue_for(repo)
+        return Message(backfill_list(queue),
+                       run_message(repo, sha, branch, queue, priority=BACKFILL_PRIORITY))
+
+    def to_backfill(self, repo: str, sha: str, branch: str | None) -> Message:
+        """Move a commit that a newer commit of its branch waits behind to the backfill.
+        It is marked sent there first: if this process dies before the push, the
+        reconciler finds it on no list and sends it again; nothing is lost."""
+        message = self.backfill(repo, sha, branch)
+        claims.mark_sent(self.backend, repo, sha, message.queue)
+        self.push([message])
+        return message
 
     def push(self, messages: list[Message]) -> None:
         for m in messages:
@@ -199,7 +217,9 @@ def _resend_untaken(store: Store, sender: Sender, older_than: float) -> int:
         logger.warning("reconciler: %s of %s was sent %.0f s ago or more, no run took it "
                        "and it is not on queue %r; sending it again", sha[:12], repo,
                        older_than, queue)
-        message = sender.run(repo, sha, branch, first=True)
+        # A commit moved to the backfill goes back there (ciq.supersede), others first.
+        message = sender.backfill(repo, sha, branch) if queue.endswith(
+            backfill_list("")) else sender.run(repo, sha, branch, first=True)
         sender.push([message])
         store.mark_sent(repo, sha, message.queue)
         count += 1

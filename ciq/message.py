@@ -34,14 +34,15 @@ def args_repr(repo: str, sha: str, branch: str | None, chunk: int | None = None)
 
 
 def run_message(repo: str, sha: str, branch: str | None, queue: str,
-                chunk: int | None = None) -> str:
+                chunk: int | None = None, priority: int = 0) -> str:
     """The broker payload of the run of (repo, sha, branch) on ``queue`` (task
     :data:`RUN_TASK`), or of one chunk of a sharded commit (:data:`CHUNK_TASK`) when
-    ``chunk`` is its index."""
+    ``chunk`` is its index. A ``priority`` above 0 goes on the list of that priority
+    step, not on the queue's own (:func:`ciq.supersede.backfill_list`)."""
     task = RUN_TASK if chunk is None else CHUNK_TASK
     args: list[Any] = [repo, sha, branch, *([chunk] if chunk is not None else [])]
     return _message(task, task_id(repo, sha, chunk), args, args_repr(repo, sha, branch, chunk),
-                    queue)
+                    queue, priority)
 
 
 def rerun_message(repo: str, sha: str, branch: str | None, run_id: str, queue: str) -> str:
@@ -52,7 +53,8 @@ def rerun_message(repo: str, sha: str, branch: str | None, run_id: str, queue: s
     return _message(RERUN_TASK, str(uuid.UUID(hex=run_id)), args, shown, queue)
 
 
-def _message(task: str, tid: str, args: list[Any], shown: str, queue: str) -> str:
+def _message(task: str, tid: str, args: list[Any], shown: str, queue: str,
+             priority: int = 0) -> str:
     body = [args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     headers: dict[str, Any] = {
         "lang": "py", "task": task, "id": tid, "shadow": None, "eta": None, "expires": None,
@@ -72,9 +74,22 @@ def _message(task: str, tid: str, args: list[Any], shown: str, queue: str) -> st
             "reply_to": "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
+            "priority": priority,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },
     }
     return json.dumps(envelope)
+
+
+#: Name of the Celery task that runs one probe of a culprit search (ciq.worker.probe).
+PROBE_TASK = "ciq.probe"
+
+
+def probe_message(repo: str, sha: str, probe_id: str, queue: str) -> str:
+    """The broker payload asking a worker to make probe ``probe_id`` (32 hex digits) of
+    the culprit search of failing commit (repo, sha) (task :data:`PROBE_TASK`; what to
+    run, and where, is in the search's record in Redis)."""
+    args: list[Any] = [repo, sha, probe_id]
+    shown = f"({repo!r}, {sha[:12]!r}, {probe_id[:8]!r})"
+    return _message(PROBE_TASK, str(uuid.UUID(hex=probe_id)), args, shown, queue)

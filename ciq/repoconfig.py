@@ -17,8 +17,10 @@ from typing import Any
 from .errors import ConfigError
 from .quarantine import Policy
 from .settings import FIRST_FAILURE, NOTIFY_ON
+from .supersede import problem as supersede_problem
 from .urls import email_problem, webhook_problem
 
+_POLICY = supersede_problem(None) or ""
 #: What each key holds; `url` and `branches` only make sense in the operator's file.
 _KINDS: dict[str, str] = {
     "url": "a string",
@@ -35,8 +37,13 @@ _KINDS: dict[str, str] = {
     "notify": "a table with webhook, secret, email, on, first_failure",
     "shard": "\"auto\", \"always\" or \"never\" (or true / false)",
     "fail_fast": "true or false",
+    "order": "\"likely-failures\" or \"none\"",
     "network": "true or false",
     "quarantine": "a table with mode, flaky_commits, window, release_after, days",
+    "supersede": _POLICY,
+    "supersede_default": _POLICY,
+    "supersede_branches": f"a table of branch patterns (like \"release/*\") to {_POLICY}",
+    "default_branch": "a branch name like \"main\"",
 }
 #: Keys only the operator's file may set: a commit may not widen its own box or say
 #: where its notifications go.
@@ -45,6 +52,11 @@ _OPERATOR_ONLY = {
     "network": "`network = true` in its [[repo]] entry",
     # A commit that could turn on auto-quarantine would mute its own flaky tests.
     "quarantine": "[repo.quarantine] of its [[repo]] entry",
+    # Decided when a commit is claimed, before any commit's own settings are read.
+    "supersede": "`supersede = ...` in its [[repo]] entry",
+    "supersede_default": "`supersede_default = ...` in its [[repo]] entry",
+    "supersede_branches": "[repo.supersede_branches] of its [[repo]] entry",
+    "default_branch": "`default_branch = ...` in its [[repo]] entry",
 }
 
 #: Keys of a ``notify`` table and what each holds.
@@ -118,7 +130,12 @@ def _valid_notify(key: str, value: Any) -> bool:
 
 
 def _valid(key: str, value: Any) -> bool:
-    if key in ("url", "test", "python"):
+    if key in ("supersede", "supersede_default"):
+        return supersede_problem(value) is None
+    if key == "supersede_branches":
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and k and supersede_problem(v) is None for k, v in value.items())
+    if key in ("url", "test", "python", "default_branch"):
         return isinstance(value, str) and bool(value.strip())
     if key in ("branches", "setup"):
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
@@ -139,6 +156,8 @@ def _valid(key: str, value: Any) -> bool:
         return isinstance(value, bool)
     if key == "shard":
         return isinstance(value, bool) or value in ("auto", "always", "never")
+    if key == "order":
+        return value in ("likely-failures", "none")
     if key in ("notify", "quarantine"):  # their keys are checked by their own parse
         return isinstance(value, dict)
     if key == "timeout":
@@ -176,11 +195,22 @@ class RepoConfig:
     shard: str | None = None
     #: A sharded run reports `failed` at its first failing chunk; the rest do not run.
     fail_fast: bool | None = None
+    #: The order of the tests (ciq.ordering): "likely-failures" first, or pytest's own
+    #: ("none", the baseline of bench/ordering.py); None: likely failures first.
+    order: str | None = None
     #: The tests may use the network (the operator's file only); None: they may not.
     network: bool | None = None
     #: Automatic quarantine of flaky tests (the operator's file only); None: the
     #: default :class:`~ciq.quarantine.Policy` (mode "suggest").
     quarantine: Policy | None = None
+    #: What a newer commit does to older ones (:mod:`ciq.supersede`; the operator's file
+    #: only): on other branches, on the default branch, per branch pattern; None / empty:
+    #: "cancel", "deprioritise", none.
+    supersede: str | None = None
+    supersede_default: str | None = None
+    supersede_branches: dict[str, str] = field(default_factory=dict)
+    #: The repository's default branch; None: "main" or "master".
+    default_branch: str | None = None
 
     @classmethod
     def parse(cls, data: Any, source: str, from_commit: bool = False) -> RepoConfig:
@@ -213,9 +243,14 @@ class RepoConfig:
             notify=Notify.parse(data["notify"], source) if "notify" in data else None,
             shard=_shard_mode(data["shard"]) if "shard" in data else None,
             fail_fast=data.get("fail_fast"),
+            order=data.get("order"),
             network=data.get("network"),
             quarantine=Policy.parse(data["quarantine"], source) if "quarantine" in data
             else None,
+            supersede=data.get("supersede"),
+            supersede_default=data.get("supersede_default"),
+            supersede_branches=dict(data.get("supersede_branches", {})),
+            default_branch=data.get("default_branch"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -249,10 +284,17 @@ class RepoConfig:
             out["shard"] = self.shard
         if self.fail_fast is not None:
             out["fail_fast"] = self.fail_fast
+        if self.order is not None:
+            out["order"] = self.order
         if self.network is not None:
             out["network"] = self.network
         if self.quarantine is not None:
             out["quarantine"] = self.quarantine.to_dict()
+        for key in ("supersede", "supersede_default", "default_branch"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        if self.supersede_branches:
+            out["supersede_branches"] = dict(self.supersede_branches)
         return out
 
     def over(self, base: RepoConfig | None) -> RepoConfig:
@@ -275,8 +317,13 @@ class RepoConfig:
             notify=base.notify or self.notify,
             shard=self.shard or base.shard,
             fail_fast=self.fail_fast if self.fail_fast is not None else base.fail_fast,
+            order=self.order or base.order,
             network=base.network,
             quarantine=base.quarantine,
+            supersede=base.supersede,
+            supersede_default=base.supersede_default,
+            supersede_branches=base.supersede_branches,
+            default_branch=base.default_branch,
         )
 
 

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 #: `flaky`: "passed with flakes", every failing test passed when rerun (:mod:`ciq.flaky`).
-STATUSES = ("passed", "failed", "error", "timeout", "flaky")
+#: `cancelled`: a newer commit of its branch superseded it (:mod:`ciq.supersede`): not a
+#: verdict on the commit, so no failure anywhere and no notification.
+STATUSES = ("passed", "failed", "error", "timeout", "flaky", "cancelled")
 OUTCOMES = ("passed", "failed", "error", "skipped")
 
 

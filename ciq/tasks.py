@@ -9,8 +9,9 @@ from celery import Task, shared_task
 
 from .errors import BadInput
 from .gitrepo import validate_sha
-from .message import CHUNK_TASK, RERUN_TASK, RUN_TASK
+from .message import CHUNK_TASK, PROBE_TASK, RERUN_TASK, RUN_TASK
 from .worker.attempt import Attempts
+from .worker.probe import run_probe
 
 logger = logging.getLogger(__name__)
 
@@ -76,3 +77,20 @@ def rerun(self: CiqTask, repo: str, sha: str, branch: str | None, run_id: str) -
         logger.error("task: dropping reruns of %r: %s", repo, exc)
         return "rejected"
     return self.attempts.rerun(repo, sha, branch, run_id, self.worker_name())
+
+
+@shared_task(bind=True, base=CiqTask, name=PROBE_TASK, ignore_result=True)
+def probe(self: CiqTask, repo: str, sha: str, probe_id: str) -> str:
+    """Make probe ``probe_id`` of the culprit search of failing commit ``sha`` (see
+    :mod:`ciq.worker.probe`); nothing when the search no longer waits for it."""
+    try:
+        sha = validate_sha(sha)
+        if not (isinstance(probe_id, str) and len(probe_id) == 32
+                and all(c in "0123456789abcdef" for c in probe_id)):
+            raise BadInput(f"bad probe id {probe_id!r}")
+    except BadInput as exc:
+        logger.error("task: dropping probe of %r: %s", repo, exc)
+        return "rejected"
+    attempts = self.attempts
+    return run_probe(attempts.settings, attempts.store, repo, sha, probe_id,
+                     self.worker_name())

@@ -98,7 +98,10 @@ def test_failing_tests_are_rerun_and_told_flaky_order_dependent_or_confirmed(
     assert "flaky" in shown and "test_first_run_fails" in shown
 
     # When a commit adds a deterministic failure
-    sha = repo.commit({"tests/test_red.py": "def test_red():\n    assert 1 == 2\n"}, "red")
+    # (in the suite's own order: a new failing test would otherwise run first, with
+    # nothing before it to rerun in order)
+    sha = repo.commit({"tests/test_red.py": "def test_red():\n    assert 1 == 2\n",
+                       "ciq.toml": 'order = "none"\n'}, "red")
     assert run_ciq(settings, "enqueue", name, sha).returncode == 0
     red = wait_report(store, name, sha, timeout=180)
 

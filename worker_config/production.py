@@ -88,7 +88,8 @@ task_ignore_result = True
 # message.
 # Keep `global_keyprefix`, `sep` and `priority_steps` unset: `ciq enqueue` and ciq's
 # reconciler push run messages straight to the queue's Redis list, as kombu names it
-# by default.
+# by default (and the backfill of older commits of the default branch to the list of
+# priority 9, which every worker consuming the queue takes last: ciq.supersede).
 broker_transport_options = {
     "health_check_interval": 25,
     "socket_keepalive": True,

@@ -14,7 +14,7 @@ from ..report import Report
 from ..text import age, printable
 
 STATUS_COLOURS = {"passed": "green", "failed": "red", "error": "magenta", "timeout": "yellow",
-                  "flaky": "yellow", "running": "cyan", "queued": "blue"}
+                  "flaky": "yellow", "cancelled": "blue", "running": "cyan", "queued": "blue"}
 _FG = {"red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36}
 
 

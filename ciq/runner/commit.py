@@ -10,13 +10,10 @@ lease, stores the report and cleans the run's folder up (:func:`.runs.clean_up`)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pwd
 import shlex
-import shutil
-import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +24,7 @@ from uv import find_uv_bin  # the uv wheel's own binary
 
 from ..errors import BoxUnavailable, BuildError, CiqError, ConfigError, JUnitError
 from ..junit import parse_junit
+from ..ordering import likely
 from ..repoconfig import RepoConfig, from_checkout
 from ..report import Report, Summary, TestResult, utcnow
 from . import runs
@@ -53,6 +51,7 @@ from .outcome import (
     not_to_plan,
     verdict,
 )
+from .plugin import order_file, order_out, read_box_file, selection_folder, with_selection
 from .process import run_environment, run_sandboxed
 from .recipe import Probe, Python, recipe_for
 from .runs import RunSpec
@@ -65,8 +64,6 @@ PROBE_SECONDS = 60.0
 MAX_COLLECTED_BYTES = 32 << 20
 #: Bytes at the end of a collection's output read for pytest's count of the tests.
 SUMMARY_BYTES = 64 << 10
-#: The in-box pytest plugin of sharded runs (its file, never imported by the worker).
-SELECTION_SOURCE = Path(__file__).with_name("selection.py")
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +107,9 @@ class Checkout:
     deadline: float
     timings: dict[str, float]
     environment: dict[str, object]
+    #: The likely failures of the collection (:func:`collect`), in the order to run them:
+    #: the first chunks of a sharded run.
+    likely: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> RunSpec:
@@ -237,8 +237,8 @@ def collect(ready: Checkout) -> list[str] | None:
     counted (a plan of it could lose tests; the whole suite is always right)."""
     collect0 = time.monotonic()
     spec = ready.spec
-    folder = _selection(ready.run_dir)
-    env = _with_selection(_src_on_path(ready.worktree, ready.env), folder)
+    folder = selection_folder(ready.run_dir)
+    env = with_selection(_src_on_path(ready.worktree, ready.env), folder)
     # Both go to files, not through the output pipe: that one keeps only the head and
     # tail of what it carries, and a plan made of a cut list would drop tests. The ids
     # come from the plugin (pytest's own node ids, any characters); pytest's count of
@@ -248,59 +248,36 @@ def collect(ready: Checkout) -> list[str] | None:
            str(ready.overlay / "bin" / "python"), "-m", "pytest", "--collect-only", "-q",
            "-p", "no:cacheprovider", "-p", SELECTION_PLUGIN, f"--ciq-collected={listing}",
            *default_tests(ready.worktree)]
+    hints, found = _order_hints(ready, folder), ready.rooms.out / "order-out.json"
+    if hints is not None:
+        cmd += [f"--ciq-order={hints}", f"--ciq-order-out={found}"]
     done = run_sandboxed(cmd, ready.box(env).allow_read(folder), ready.left(),
                          spec.output_limit, ready.run_dir, spec.min_free_bytes)
     ready.timings["collect"] = round(time.monotonic() - collect0, 3)
     if done.exit_code != 0 or done.timed_out:
         return None
-    summary = _read_box_file(log, SUMMARY_BYTES, tail=True)
-    ids = collected_ids(_read_box_file(listing, MAX_COLLECTED_BYTES))
+    summary = read_box_file(log, SUMMARY_BYTES, tail=True)
+    ids = collected_ids(read_box_file(listing, MAX_COLLECTED_BYTES))
     why = not_to_plan(ids, collected_count(summary) if summary is not None else None)
     if why is not None or ids is None:
         logger.warning("run %s: not sharding %s, running it whole: %s", spec.run_id,
                        spec.sha[:12], why)
         return None
+    got = order_out(found) if hints is not None else None
+    if got is not None and (h := spec.order_hints):
+        ready.likely = likely(ids, set(h.failed), got[0], got[1], set(h.flaky), h.durations)
     return ids
 
 
-def _read_box_file(path: Path, limit: int, tail: bool = False) -> str | None:
-    """A file the box wrote, read by the worker: never through a link the box made (it
-    could point at the worker's files), only a plain file of at most ``limit`` bytes
-    (with ``tail``, of any size: its last ``limit`` bytes)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+def _order_hints(ready: Checkout, folder: Path) -> Path | None:
+    """The plugin's file of ordering hints (likely failures first, :mod:`ciq.ordering`),
+    written into its ``folder``; None when the run has no hints or the repository says
+    ``order = "none"``."""
+    spec = ready.spec
+    if spec.order_hints is None or (ready.config and ready.config.order == "none"):
         return None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or (st.st_size > limit and not tail):
-            return None
-        fh.seek(max(st.st_size - limit, 0))
-        return fh.read(limit).decode("utf-8", "replace")
-
-
-def _selection(run_dir: Path, chunk: list[str] | None = None) -> Path:
-    """The run's folder of the in-box selection plugin (:mod:`.selection`) and of the
-    ids of its ``chunk`` (``chunk.json``): the worker's, not in out/ (the box may have
-    left a link there), read-only in the box, holding nothing else importable."""
-    folder = run_dir / "selection"
-    plugin = folder / f"{SELECTION_PLUGIN}.py"
-    if not plugin.is_file():  # readable by the tests' user (CIQ_RUN_AS), whatever umask
-        folder.mkdir(exist_ok=True)
-        folder.chmod(0o755)
-        shutil.copyfile(SELECTION_SOURCE, plugin)
-        plugin.chmod(0o644)
-    if chunk is not None:
-        (folder / "chunk.json").write_text(json.dumps(chunk))
-        (folder / "chunk.json").chmod(0o644)
-    return folder
-
-
-def _with_selection(env: dict[str, str], folder: Path) -> dict[str, str]:
-    """``env`` in which pytest finds the selection plugin (last on the path: it shadows
-    nothing of the project's)."""
-    path = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(folder)) if p)
-    return {**env, "PYTHONPATH": path}
+    return order_file(folder, spec.order_hints, runs.mirror_for(spec.data_dir, spec.repo).path,
+                      spec.sha, ready.worktree)
 
 
 def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True,
@@ -325,13 +302,16 @@ def run_tests(ready: Checkout, only: list[str] | None = None, live: bool = True,
         python = str(ready.overlay / "bin" / "python")
         env = _src_on_path(ready.worktree, env)
         shown = ready.shown_command
-        folder = _selection(ready.run_dir, only)
-        env, read = _with_selection(env, folder), [folder]
+        folder = selection_folder(ready.run_dir, only)
+        env, read = with_selection(env, folder), [folder]
         stream = ready.rooms.out / LIVE_FILE if live and ready.spec.live else None
+        # A chunk or a rerun runs in the order it was given; a whole run, likely
+        # failures first.
+        hints = _order_hints(ready, folder) if only is None else None
         cmd = default_command(junit_path, ready.worktree, python,
                               None if only is None else chunk_targets(ready.worktree, only),
                               None if only is None else folder / "chunk.json", stream,
-                              in_order)
+                              in_order, hints)
         if only is not None:
             shown = f"{shown} ({len(only)} tests of a sharded run)"
     spec = ready.spec

@@ -48,13 +48,16 @@ def default_tests(checkout: Path) -> list[str]:
 
 def default_command(junit_path: Path, checkout: Path, python: str,
                     targets: list[str] | None = None, selection: Path | None = None,
-                    live: Path | None = None, in_order: bool = False) -> list[str]:
+                    live: Path | None = None, in_order: bool = False,
+                    order: Path | None = None) -> list[str]:
     """pytest on ``targets`` (paths; default: :func:`default_tests`), writing JUnit; with
     ``selection`` (a JSON list of test ids), only those tests run; with ``live``, each
     outcome goes to that file as it happens (both by :mod:`.selection`, which must then
     be importable as ``ciq_selection``); ``in_order``: in the order of ``selection``, with
-    pytest-randomly kept out (a rerun in order replays the commit's run)."""
-    chosen = ["-p", SELECTION_PLUGIN] if selection or live else []
+    pytest-randomly kept out (a rerun in order replays the commit's run); ``order``: a
+    file of hints by which the plugin runs likely failures first (:mod:`ciq.ordering`)."""
+    chosen = ["-p", SELECTION_PLUGIN] if selection or live or order else []
+    chosen += [f"--ciq-order={order}"] if order and not in_order else []
     chosen += [f"--ciq-ids={selection}"] if selection else []
     chosen += ["--ciq-in-order", "-p", "no:randomly"] if selection and in_order else []
     chosen += [f"--ciq-live={live}"] if live else []

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import CiqError
 from ..gitrepo import Mirror
+from ..ordering import OrderHints
 from ..repoconfig import RepoConfig
 from ..store.keys import repo_id
 from .box import Limits
@@ -61,6 +62,9 @@ class RunSpec:
     #: Where the tests' outcomes go as they happen (the worker puts them in Redis).
     live: Callable[[list[dict[str, Any]]], None] | None = field(default=None,
                                                                 compare=False)
+    #: Where the run's failures likely are (:mod:`ciq.ordering`): they run first. None:
+    #: pytest's own order.
+    order_hints: OrderHints | None = None
 
 
 def runs_dir(data_dir: Path) -> Path:

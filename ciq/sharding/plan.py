@@ -13,7 +13,8 @@ one (prefetch one). A static split fixes N equal shards up front, and one whose 
 was wrong holds everyone; here the small chunks at the end let idle workers even out
 whatever the estimates got wrong, while the first wave keeps the number of chunks (each
 a checkout and a pytest start) low. ``bench/sharding.py`` measures it; ``simulate``
-compares plans."""
+compares plans. The likely failures of a commit (:mod:`ciq.ordering`), when known, come
+before all that, in small chunks of their own: the first ones queued and taken."""
 
 from __future__ import annotations
 
@@ -42,22 +43,51 @@ def estimates(ids: Sequence[str], durations: Mapping[str, float]) -> dict[str, f
 
 
 def plan_chunks(ids: Sequence[str], durations: Mapping[str, float], workers: int,
-                min_chunk: float, max_chunks: int = 64) -> list[list[str]]:
+                min_chunk: float, max_chunks: int = 64,
+                likely: Sequence[str] = ()) -> list[list[str]]:
     """Cut ``ids`` into chunks, in the order they should be queued (see the module's
     docstring).
 
     ``min_chunk`` is the smallest chunk worth its own checkout (seconds); ``workers`` the
-    worker processes that may take chunks. Every id is in exactly one chunk.
+    worker processes that may take chunks. Every id is in exactly one chunk. ``likely``:
+    the likely failures (:func:`ciq.ordering.likely`, in their order), which go first in
+    small chunks of their own (:func:`_likely_chunks`).
     """
     if not ids:
         return []
     est = estimates(ids, durations)
-    order = sorted(dict.fromkeys(ids), key=lambda i: (-est[i], i))
-    total = sum(est[i] for i in order)
     procs = max(workers, 1)
+    unique = list(dict.fromkeys(ids))
+    early = _likely_chunks([i for i in dict.fromkeys(likely) if i in est], est, procs,
+                           sum(est[i] for i in unique), min_chunk)
+    taken = {i for c in early for i in c}
+    order = sorted((i for i in unique if i not in taken), key=lambda i: (-est[i], i))
+    if not order:
+        return early
+    total = sum(est[i] for i in order)
     first, rest = _first_wave(order, est, procs, FIRST_WAVE * total / procs, min_chunk)
     rest_chunks = _guided(rest, est, procs, max(min_chunk, total / max_chunks))
-    return _balance_tail(first + rest_chunks, est, min_chunk)
+    return early + _balance_tail(first + rest_chunks, est, min_chunk)
+
+
+def _likely_chunks(likely: list[str], est: Mapping[str, float], procs: int, total: float,
+                   min_chunk: float) -> list[list[str]]:
+    """The first chunks, one per worker process at most, of the likely failures in their
+    order: each about a quarter of a process's even share of the suite (never under
+    ``min_chunk``), so that they finish, and say whether the commit broke something, long
+    before the rest; the likely failures that do not fit go with the rest."""
+    size = max(min_chunk, total / (4 * procs))
+    chunks: list[list[str]] = []
+    seconds = 0.0
+    for i in likely:
+        if not chunks or (seconds + est[i] > size and chunks[-1]):
+            if len(chunks) == procs:
+                break
+            chunks.append([])
+            seconds = 0.0
+        chunks[-1].append(i)
+        seconds += est[i]
+    return chunks
 
 
 def _first_wave(order: list[str], est: Mapping[str, float], procs: int, cap: float,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
+from ..supersede import policy_for
 from . import keys
 from .scripts import CLAIM, SENT, Redisish
 
@@ -38,10 +40,13 @@ def claim(conn: Redisish, repo: str, sha: str, branch: str | None, meta: dict[st
     }
     flat = [x for kv in fields.items() for x in kv]
     queue, payload = message or (keys.NONE, "")
+    policy = policy_for(branch, operator_config(conn, repo))
+    live = keys.branch_live(rid, branch) if branch else keys.NONE
     got = conn.eval(
         CLAIM, [keys.commit(rid, sha), keys.index(rid), keys.UNSENT, keys.REPOS, queue, keys.SENT,
-                keys.metrics(rid)],
-        [json.dumps(flat), now, sha, keys.member(rid, sha), rid, repo, payload])
+                keys.metrics(rid), live],
+        [json.dumps(flat), now, sha, keys.member(rid, sha), rid, repo, payload, policy,
+         keys.commit_prefix(rid), fields["enqueued_at"]])
     return bool(int(got))
 
 
@@ -56,8 +61,14 @@ def mark_sent(conn: Redisish, repo: str, sha: str, queue: str) -> bool:
 
 def routed_queue(conn: Redisish, repo: str) -> str | None:
     """The broker queue the operator's settings route this repository's runs to, if any."""
+    queue = operator_config(conn, repo).get("queue")
+    return queue if isinstance(queue, str) and queue else None
+
+
+def operator_config(conn: Redisish, repo: str) -> dict[str, Any]:
+    """The operator's stored settings of the repository (empty: none)."""
     raw = conn.call("HGET", keys.REPO_CONFIG, keys.repo_id(repo))
     if raw is None:
-        return None
-    queue = json.loads(raw).get("config", {}).get("queue")
-    return queue if isinstance(queue, str) and queue else None
+        return {}
+    config = json.loads(raw).get("config", {})
+    return config if isinstance(config, dict) else {}

@@ -43,10 +43,17 @@ so that this table is the whole truth. Standard library only: `ciq enqueue` and
                                                 (see :mod:`.metrics`)
 ``ciq:quarantine:<rid>``                hash    test id → quarantine entry {owner, reason,
                                                 added_at, expires_at, added_by} (JSON)
+``ciq:branch-live:<rid>:<branch>``      zset    sha scored as in the index: the branch's
+                                                commits claimed and not reported yet (what
+                                                a newer commit supersedes, ciq.supersede)
 ======================================  ======  ============================================
 
 The broker's queues are lists named after the queue (kombu's Redis transport); they are
-Celery's, not ciq's, and are named by the settings.
+Celery's, not ciq's, and are named by the settings; a queue's backfill (priority 9) is
+the list :func:`ciq.supersede.backfill_list` names. A commit's hash also holds
+``supersede`` (its branch's policy when claimed), ``superseded_by`` and
+``superseded_at`` (a newer commit of its branch was claimed: it is cancelled) and
+``backfill`` (it was moved to the backfill once).
 """
 
 from __future__ import annotations
@@ -180,3 +187,42 @@ def quarantine(rid: str) -> str:
 def rerun(run_id: str) -> str:
     """A run's request that another worker rerun its failing tests (expiring)."""
     return f"ciq:rerun:{run_id}"
+
+
+def branch_live(rid: str, branch: str) -> str:
+    """The commits of a branch claimed and not reported yet (see ciq.supersede)."""
+    return f"ciq:branch-live:{rid}:{branch}"
+
+
+# Culprit finding (ciq.culprit, ciq.store.culprit): which commit first broke a test.
+#
+# ``ciq:culprit:<rid>:<sha>``  hash    the search for the failing commit <sha>: repo,
+#                                      sha, branch, tests, state (JSON), status, answer,
+#                                      started/finished; per probe ``p:<id>`` (what and
+#                                      when sent), ``t:<id>`` (its taker), ``r:<id>``
+#                                      (its result) until the coordinator reads it
+# ``ciq:culprits``             zset    members with a search going on, by start (ms)
+# ``ciq:culprit-checked:<rid>`` hash   failing sha -> why it needs no search / "search"
+# ``ciq:culprit-blamed:<rid>`` hash    culprit sha -> failing shas whose search named it
+# ``ciq:probe-lease:<id>``     string  the taker of a probe; expires unless renewed
+CULPRITS = "ciq:culprits"
+
+
+def culprit(rid: str, sha: str) -> str:
+    """The culprit search of failing commit ``sha``."""
+    return f"ciq:culprit:{rid}:{sha}"
+
+
+def culprit_checked(rid: str) -> str:
+    """The failing commits of a repository already looked at for a search."""
+    return f"ciq:culprit-checked:{rid}"
+
+
+def culprit_blamed(rid: str) -> str:
+    """The commits a search named, and the failing commits that search started from."""
+    return f"ciq:culprit-blamed:{rid}"
+
+
+def probe_lease(probe_id: str) -> str:
+    """Who runs probe ``probe_id`` of a culprit search (expiring)."""
+    return f"ciq:probe-lease:{probe_id}"

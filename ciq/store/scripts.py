@@ -94,3 +94,6 @@ QUARANTINE_PRUNE = Script.load("quarantine_prune")
 BRANCHES = Script.load("branches")
 REPORTED = Script.load("reported")
 WAITING = Script.load("waiting")
+# Culprit finding: a probe's lease and result.
+CULPRIT_TAKE = Script.load("culprit_take")
+CULPRIT_BEAT = Script.load("culprit_beat")

@@ -32,6 +32,14 @@ from .scripts import (
     register,
 )
 
+#: What :meth:`Store.acquire` says of a superseded commit (and :meth:`Store.renew` of a
+#: run whose commit was superseded meanwhile).
+SUPERSEDED = -2
+#: What :meth:`Store.acquire` says of a commit to move to the backfill.
+BACKFILL = -3
+#: What :meth:`Store.renew` says when the run's commit was superseded.
+RENEWED_SUPERSEDED = 2
+
 
 class Store:
     """ciq's state in the results-backend Redis. Safe to share between threads."""
@@ -111,21 +119,34 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------
 
-    def acquire(self, repo: str, sha: str, run_id: str, ttl: float, worker: str) -> int:
-        """Take the lease of a commit: attempts so far, 0 if held, -1 if reported."""
+    def acquire(self, repo: str, sha: str, run_id: str, ttl: float, worker: str,
+                branch: str | None = None) -> int:
+        """Take the lease of a commit: attempts so far, 0 if held, -1 if reported,
+        :data:`SUPERSEDED` (held, to report it cancelled) or :data:`BACKFILL` (not held:
+        send it to the backfill), see :mod:`ciq.supersede`."""
         rid = keys.repo_id(repo)
         now = keys.now_us()  # started_at and the queue wait are the same instant
         started_at = datetime.fromtimestamp(now / 1e6, UTC).isoformat(timespec="milliseconds")
+        live = keys.branch_live(rid, branch) if branch else keys.NONE
         return int(self._acquire(
             keys=[keys.lease(rid, sha), keys.report(repo, sha), keys.commit(rid, sha),
-                  keys.STARTED, keys.HOLDERS, keys.SENT, keys.metrics(rid)],
+                  keys.STARTED, keys.HOLDERS, keys.SENT, keys.metrics(rid), live],
             args=[run_id, int(ttl * 1000), keys.member(rid, sha), worker, started_at,
-                  self.name, now, metrics.acquire_args()]))
+                  self.name, now, metrics.acquire_args(), keys.commit_prefix(rid),
+                  keys.lease_prefix(rid)]))
 
-    def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> bool:
+    def renew(self, repo: str, sha: str, run_id: str, ttl: float) -> int:
+        """Extend the lease: 0 lost, 1 renewed, :data:`RENEWED_SUPERSEDED`: renewed, but a newer
+        commit of the branch superseded this one (the run stops)."""
         rid = keys.repo_id(repo)
-        return bool(self._renew(keys=[keys.lease(rid, sha), keys.commit(rid, sha)],
-                                args=[run_id, int(ttl * 1000), "1"]))
+        return int(self._renew(keys=[keys.lease(rid, sha), keys.commit(rid, sha)],
+                               args=[run_id, int(ttl * 1000), "1"]))
+
+    def superseded(self, repo: str, sha: str) -> tuple[str, str] | None:
+        """(newer sha, when it was pushed) when a newer commit superseded this one."""
+        by, at = self.client.hmget(keys.commit(keys.repo_id(repo), sha), "superseded_by",
+                                   "superseded_at")
+        return (by, at or "") if by else None
 
     def release(self, repo: str, sha: str, run_id: str) -> None:
         self._release(keys=[keys.lease(keys.repo_id(repo), sha), keys.HOLDERS], args=[run_id])
@@ -173,7 +194,8 @@ class Store:
             keys=[keys.report(report.repo, report.commit), keys.commit(rid, report.commit),
                   keys.STARTED, keys.index(rid), keys.branch_state(rid), keys.EVENTS,
                   keys.DUE, keys.lease(rid, report.commit), keys.HOLDERS, keys.SENT,
-                  keys.metrics(rid)],
+                  keys.metrics(rid),
+                  keys.branch_live(rid, report.branch) if report.branch else keys.NONE],
             args=[json.dumps(meta), keys.member(rid, report.commit), report.status,
                   json.dumps(_summary_fields(report)), report.branch or "", report.commit,
                   event_id, json.dumps(event_of(report, event_id)), now // 1000, now,

@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import BadInput, NotFound, StoreUnavailable
 from ..settings import Settings
 from ..store.store import Store
-from . import api, live, metrics, pages, quarantine
+from . import api, culprit, live, metrics, pages, quarantine
 from .queries import Queries
 
 logger = logging.getLogger(__name__)
@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(api.router)
     app.include_router(live.router)
+    app.include_router(culprit.router)
     app.include_router(quarantine.api)
     app.include_router(pages.router)
     app.include_router(quarantine.pages)

@@ -13,6 +13,8 @@ BADGES: dict[str | None, tuple[str, str]] = {
     "error": ("error", "#b3287f"),
     "timeout": ("timeout", "#c99a06"),
     "flaky": ("flaky", "#8a9a2c"),
+    # Superseded by a newer commit (ciq.supersede): no verdict, so no alarm colour.
+    "cancelled": ("cancelled", "#8c8c8c"),
     "running": ("running", "#5b7fa6"),
     "queued": ("queued", "#6f8aa8"),
     None: ("unknown", "#8c8c8c"),

@@ -16,6 +16,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from ..errors import NotFound
 from ..junit import to_junit
 from ..report import Report
+from ..store.culprit import Searches
 from ..store.live import live_view
 from . import filters
 from .badge import badge
@@ -97,8 +98,15 @@ def commit(request: Request, rid: RepoId, sha: Sha, q: Reads) -> HTMLResponse:
     tests = _tests_in_order(report) if report else []
     # Until the report lands: the first failure and the outcomes so far (live.js goes on).
     live = live_view(q.store, found.repo, found.sha) if report is None else None
+    # Its culprit search (a confirmed failure), and the one that named it, if any.
+    searches = Searches(q.store)
+    search = searches.record(found.repo, found.sha)
+    by = searches.blamed_by(found.repo, found.sha)
+    blamed = searches.record(found.repo, by) if by else None
     return render(request, "commit.html", c=found, row=found.row, report=report,
-                  failures=failures, tests=tests, rid=rid, repo=found.repo, live=live)
+                  failures=failures, tests=tests, rid=rid, repo=found.repo, live=live,
+                  search=search.to_dict() if search else None,
+                  blamed=blamed.to_dict() if blamed else None)
 
 
 @router.get("/repos/{rid}/commits/{sha}/junit.xml", summary="One commit's JUnit XML",

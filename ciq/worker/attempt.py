@@ -32,8 +32,9 @@ from ..store.live import LiveResults
 from ..store.quarantine import muted, muted_ids
 from ..store.reruns import RerunRequests
 from ..store.shards import DROPPED, LAST, Shards
-from ..store.store import Store
-from . import rerun
+from ..store.store import BACKFILL, SUPERSEDED, Store
+from . import hints, rerun
+from .cancel import report_unstarted, stopped, to_backfill
 from .lease import ChunkLease, CommitLease, Heartbeat, Lease, patiently, wait_for
 from .rerun import Elsewhere
 from .spec import run_spec
@@ -81,13 +82,18 @@ class Attempts:
         run_id = uuid.uuid4().hex
         lease: Lease
         if chunk is None:
-            lease = CommitLease(self.store, repo, sha, run_id, self.settings.lease_ttl, worker)
+            lease = CommitLease(self.store, repo, sha, run_id, self.settings.lease_ttl, worker,
+                                branch=branch)
         else:
             lease = ChunkLease(self.shards, repo, sha, run_id, chunk)
         got = patiently(f"run {run_id}", lambda: wait_for(lease, self.settings.lease_ttl))
         if got == -1 and chunk is None:
             logger.info("run %s: %s already reported; dropping this copy", run_id, sha[:12])
             return "already reported"
+        if chunk is None and got == SUPERSEDED:  # ciq.supersede: reported, not started
+            return report_unstarted(self.store, lease, branch, worker, self.settings.data_dir)
+        if chunk is None and got == BACKFILL:
+            return to_backfill(self.sender, lease, branch)
         if got <= 0:
             logger.info("run %s: %s is done or being run elsewhere; standing down", run_id,
                         lease.what)
@@ -133,7 +139,7 @@ class _Attempt:
             report = self._gave_up()
         else:
             heartbeat = Heartbeat(lambda: self.lease, self.tag, a.settings.lease_ttl)
-            self.spec = replace(self._spec(), cancelled=heartbeat.is_lost,
+            self.spec = replace(self._spec(), cancelled=heartbeat.stopped,
                                 live=LiveResults(a.store, self.repo, self.sha, self.run_id))
             with heartbeat:
                 report = self._guarded(self.spec)
@@ -141,11 +147,17 @@ class _Attempt:
                 logger.warning("%s: lost the lease of %s; dropping its report (%s)",
                                self.tag, self.lease.what, report.status)
                 return "dropped: lease lost"
+            if heartbeat.stopped_superseded:  # stopped by a newer commit: what it had
+                report = stopped(a.store, report, self.tag)
         return self._store(report)
 
     def _spec(self) -> RunSpec:
-        return run_spec(self.a.settings, self.a.store, self.repo, self.sha, self.branch,
+        spec = run_spec(self.a.settings, self.a.store, self.repo, self.sha, self.branch,
                         self.run_id, self.worker, self.number, self.tag)
+        if self.lease.chunk is not None:  # a chunk runs as its plan cut it
+            return spec
+        return replace(spec, order_hints=hints.gather(self.a.store, self.a.shards, self.repo,
+                                                      self.sha, self.branch, self.tag))
 
     def _guarded(self, spec: RunSpec) -> Report:
         try:
@@ -203,7 +215,8 @@ class _Attempt:
         ids = collect(ready)
         if not ids or len(ids) < 2:
             return None
-        chunks = plan_chunks(ids, durations, max(processes, 2), a.settings.shard_min_chunk)
+        chunks = plan_chunks(ids, durations, max(processes, 2), a.settings.shard_min_chunk,
+                             likely=ready.likely)
         if len(chunks) < 2:
             return None
         plan = ShardPlan(self.repo, self.sha, self.branch, chunks, ready.head().to_dict(),

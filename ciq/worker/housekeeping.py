@@ -1,5 +1,6 @@
 """What a ciq worker runs besides tasks: the reconciler, the stale-run sweeper, the
-automatic quarantine of flaky tests and the delivery of notifications.
+automatic quarantine of flaky tests, the coordinator of culprit searches
+(:mod:`.culprits`) and the delivery of notifications.
 
 They run in threads of the worker's main process (a Celery bootstep), not in the pool,
 so they keep going while every pool process is busy with a long run, and no run waits
@@ -29,6 +30,7 @@ from ..store import outbox
 from ..store.quarantine import Quarantine
 from ..store.store import Store
 from .attempt import Attempts
+from .culprits import coordinate
 from .liveness import Watcher, resend_after
 
 logger = logging.getLogger(__name__)
@@ -173,9 +175,15 @@ class Housekeeping(bootsteps.StartStopStep):
             if store.try_lock("auto-quarantine", AUTO_QUARANTINE_EVERY):
                 auto_quarantine(store)
 
+        def culprits() -> None:
+            # one coordinator at a time; a pass is bounded (see .culprits)
+            if store.try_lock("culprits", settings.reconcile_interval * 0.9):
+                coordinate(settings, store, mine.sender, shards)
+
         steps = {"announce": announce, "sweep": sweep,
                  "outbox": lambda: outbox.deliver_pending(store, settings.data_dir),
-                 "reconcile": reconciler, "auto-quarantine": quarantiner}
+                 "reconcile": reconciler, "auto-quarantine": quarantiner,
+                 "culprits": culprits}
         while True:
             for name, step in steps.items():
                 try:  # each on its own: a failing step must not hold up the others

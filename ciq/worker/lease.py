@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 import redis
 
 from ..store.shards import Shards
-from ..store.store import Store
+from ..store.store import RENEWED_SUPERSEDED, Store
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ class Lease(Protocol):
         """The attempt number; 0 when a live run holds it; -1 when there is nothing to
         do (reported, or the chunk is done)."""
 
-    def renew(self) -> bool:
-        """Extend it; False when this run no longer holds it."""
+    def renew(self) -> int:
+        """Extend it; 0 (false) when this run no longer holds it, ``RENEWED_SUPERSEDED``
+        when it was extended but a newer commit of the branch superseded this one."""
 
     def release(self) -> None:
         """Let it go (only if this run still holds it)."""
@@ -84,15 +85,18 @@ class CommitLease:
     ttl: float
     worker: str
     chunk: None = None
+    #: The commit's branch: what a newer commit of it does is decided on taking it.
+    branch: str | None = None
 
     @property
     def what(self) -> str:
         return self.sha[:12]
 
     def take(self) -> int:
-        return self.store.acquire(self.repo, self.sha, self.run_id, self.ttl, self.worker)
+        return self.store.acquire(self.repo, self.sha, self.run_id, self.ttl, self.worker,
+                                  self.branch)
 
-    def renew(self) -> bool:
+    def renew(self) -> int:
         return self.store.renew(self.repo, self.sha, self.run_id, self.ttl)
 
     def release(self) -> None:
@@ -145,6 +149,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._beat, name="ciq-heartbeat", daemon=True)
         #: Another run holds the lease now (a renewal said so).
         self.lost = False
+        #: A newer commit of the branch superseded this one (a renewal said so: the mark
+        #: is in Redis, see ``lua/renew.lua``); the run stops and reports `cancelled`.
+        self.superseded = False
+        #: The run was told to stop because it was superseded (a run whose tests ended
+        #: before they were told keeps its own verdict).
+        self.stopped_superseded = False
 
     def is_lost(self) -> bool:
         """Whether this run must stop: another run holds its lease now (a commit's lease
@@ -152,14 +162,27 @@ class Heartbeat:
         ``lua/renew.lua``). The run then stops its tests at once and makes no report."""
         return self.lost
 
+    def stopped(self) -> bool:
+        """Whether the run's tests must stop: its lease is lost, or it was superseded."""
+        if self.lost:
+            return True
+        if self.superseded:
+            self.stopped_superseded = True
+        return self.superseded
+
     def _beat(self) -> None:
         while not self._stop.wait(self._ttl / 3):
             lease = self._current()
             try:
-                if not lease.renew():
+                got = lease.renew()
+                if not got:
                     self.lost = True
                     logger.error("%s (%s): lease lost; its tests stop and make no report",
                                  self._what, lease.what)
+                elif got == RENEWED_SUPERSEDED and not self.superseded:
+                    self.superseded = True
+                    logger.info("%s (%s): superseded by a newer commit of its branch; "
+                                "its tests stop", self._what, lease.what)
             except Exception as exc:  # Redis away: keep trying, the lease may survive
                 logger.warning("%s (%s): cannot renew the lease: %s", self._what, lease.what,
                                exc)

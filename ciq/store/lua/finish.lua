@@ -1,6 +1,6 @@
 -- Store the final report of a commit, once (compare-and-set), and what follows from it.
 -- KEYS: report, commit hash, started, index, branch state, events, due, lease, holders,
--- sent, the repository's metrics hash (optional).
+-- sent, the repository's metrics hash (optional), the branch's live set (optional).
 -- ARGV: report meta (JSON), member, status, summary fields (a flat JSON list), branch,
 -- sha, event id, event (JSON), due (ms), score of a commit missing from the index (now,
 -- µs), finished_at, run id ('' for a merge of chunks), what to count of the report (JSON,
@@ -48,7 +48,10 @@ if KEYS[11] then
     for _, o in ipairs(m.before_report or {}) do observe(o[1], since - o[2], o[3]) end
   end
 end
-if ARGV[5] == '' then return 1 end
+if KEYS[12] then redis.call('ZREM', KEYS[12], ARGV[6]) end
+-- A `cancelled` report (superseded, ciq.supersede) is no news about the branch: it
+-- neither moves the branch's state nor makes a notification event.
+if ARGV[5] == '' or ARGV[3] == 'cancelled' then return 1 end
 local score = redis.call('ZSCORE', KEYS[4], ARGV[6]) or ARGV[10]
 local raw = redis.call('HGET', KEYS[5], ARGV[5])
 local prev = false

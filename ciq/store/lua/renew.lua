@@ -5,12 +5,19 @@
 -- on together, whatever Redis did in between. KEYS[2] (optional): the commit's hash,
 -- which names the run that took the lease last; a run it does not name (another run
 -- took the commit while this one was away, and may even have reported it) never takes
--- the lease back.
+-- the lease back. 2 (renewed): a newer commit of its branch superseded this one
+-- (``superseded_by`` in the commit's hash, set by claim.lua): the run stops and reports
+-- `cancelled` (ciq.supersede); being data in Redis, the mark outlives any restart.
+local function renewed()
+  if KEYS[2] and redis.call('HEXISTS', KEYS[2], 'superseded_by') == 1 then return 2 end
+  return 1
+end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return 0 end
+  return renewed()
 end
 if holder or ARGV[3] ~= '1' then return 0 end
 if KEYS[2] and redis.call('HGET', KEYS[2], 'run_id') ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return renewed()
