@@ -316,4 +316,4 @@ def test_a_probe_message_is_the_one_celery_sends(store: Store, settings: Setting
     for part in ("headers", "properties"):
         assert {k: v for k, v in ours[part].items() if k not in volatile} == {
             k: v for k, v in theirs[part].items() if k not in volatile}, part
-    app.pool.force_close_all()
+    app.close()  # not app.pool.force_close_all(): that pool is kombu's, shared by apps

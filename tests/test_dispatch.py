@@ -43,7 +43,7 @@ def test_our_message_is_the_one_celery_sends(store: Store, settings: Settings) -
     assert ours["headers"]["id"] == task_id(REPO, SHA)
     assert json.loads(run_message(REPO, SHA, None, "q"))["properties"][
         "delivery_info"] == {"exchange": "", "routing_key": "q"}
-    app.pool.force_close_all()
+    app.close()  # not app.pool.force_close_all(): that pool is kombu's, shared by apps
 
 
 def test_an_urgent_rerun_is_the_next_message_a_worker_takes(store: Store) -> None:

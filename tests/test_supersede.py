@@ -155,7 +155,7 @@ def test_our_priority_message_is_the_one_celery_sends_on_the_list_kombu_names(
     app = create_app(settings)
     app.send_task(RUN_TASK, args=[REPO, sha(1), "main"], task_id=task_id(REPO, sha(1)),
                   queue="q", priority=9, argsrepr=args_repr(REPO, sha(1), "main"))
-    app.pool.force_close_all()
+    app.close()  # not app.pool.force_close_all(): that pool is kombu's, shared by apps
     # Then kombu put it on the list ciq names the backfill, and ours is the same message
     assert store.client.llen("q") == 0
     theirs = json.loads(store.client.lpop(backfill_list("q")))
