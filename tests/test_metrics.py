@@ -24,6 +24,7 @@ from ciq.store import Store, keys
 from ciq.store.metrics import HISTOGRAMS
 from ciq.store.scrape import Reader
 from ciq.store.shards import Shards
+from ciq.supersede import backfill_list
 from ciq.web.metrics import ClusterCollector
 
 from .helpers import PASSING, REPO, RedisServer, Web, claim, finish, sha, start_web, wait_report
@@ -201,6 +202,9 @@ def test_gauges_read_queues_waiting_commits_runs_and_workers(
     other = Store.from_url(own_redis.url)
     other.client.rpush("ciq", "x", "y")
     assert value(scrape(store, other.client), "ciq_queue_length", queue="ciq") == 2
+    # And a queue's backfill list counts in its length
+    other.client.rpush(backfill_list("ciq"), "z")
+    assert value(scrape(store, other.client), "ciq_queue_length", queue="ciq") == 3
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from ..errors import StoreUnavailable
+from ..supersede import backfill_list
 from . import keys
 from .metrics import RepoMetrics, parse
 from .scripts import WAITING, register
@@ -77,9 +78,11 @@ class Reader:
                          *_routed(configs)})
         try:
             pipe = self.broker.pipeline(transaction=False)
-            for queue in queues:
+            for queue in queues:  # its own list and its backfill (ciq.supersede)
                 pipe.llen(queue)
-            lengths = pipe.execute()
+                pipe.llen(backfill_list(queue))
+            both = pipe.execute()
+            lengths = [int(a) + int(b) for a, b in zip(both[::2], both[1::2], strict=True)]
         except redis.RedisError as exc:
             raise StoreUnavailable(f"cannot reach the broker ({exc}); check CIQ_BROKER_URL "
                                    "and that Redis runs") from None

@@ -96,7 +96,8 @@ def families(snap: Snapshot) -> Iterator[Metric]:
             histogram.add_metric([repo.repo], list(zip(bounds, h.buckets, strict=True)), h.sum)
         yield histogram
     queues = GaugeMetricFamily("ciq_queue_length", "Messages on a broker queue (runs and "
-                               "chunks sent, not taken yet).", labels=["queue"])
+                               "chunks sent, not taken yet; its backfill list too).",
+                               labels=["queue"])
     for queue, length in snap.queues.items():
         queues.add_metric([queue], length)
     yield queues
