@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from ciq.errors import ConfigError
 from ciq.ordering import OrderHints, likely, order, tiers
 from ciq.repoconfig import RepoConfig
 from ciq.runner.outcome import default_command
-from ciq.runner.plugin import changed_files, order_out
+from ciq.runner.plugin import changed_files, order_out, selection_folder
 from ciq.sharding.plan import plan_chunks
 
 from .helpers import GitRepo
@@ -93,20 +92,9 @@ def test_likely_is_the_ordered_prefix_of_the_likely_files():
                    "tests/test_a.py::test_2", "tests/test_f.py::test_1"]
 
 
-def test_the_plugins_copy_of_the_rule_gives_the_same_order():
-    box = plugin()
-    rng = random.Random(16)
-    for _ in range(200):
-        files = [f"t/test_{k}.py" for k in range(rng.randint(1, 8))]
-        ids = [f"{rng.choice(files)}::test_{n}" for n in range(rng.randint(0, 30))]
-        failed, flaky = (set(rng.sample(ids, k=min(len(ids), rng.randint(0, 3))))
-                         for _ in range(2))
-        changed = set(rng.sample(files, k=min(len(files), rng.randint(0, 2))))
-        imp = set(rng.sample(files, k=min(len(files), rng.randint(0, 2))))
-        durations = {i: rng.choice([0.1, 1.0, 3.0]) for i in ids if rng.random() < 0.8}
-        args = (ids, failed, changed, imp, flaky, durations)
-        assert box.order(*args) == order(*args)
-        assert box.tiers(*args) == tiers(*args)
+def _run_dir(tmp_path: Path) -> Path:
+    (tmp_path / "run").mkdir(exist_ok=True)
+    return tmp_path / "run"
 
 
 def write(root: Path, files: dict[str, str | bytes]) -> None:
@@ -185,12 +173,9 @@ def test_the_plugin_orders_a_real_pytest_run_and_writes_what_it_found(tmp_path: 
     live, out = tmp_path / "live.jsonl", tmp_path / "order-out.json"
     cmd = default_command(tmp_path / "junit.xml", tmp_path, sys.executable, live=live,
                           order=tmp_path / "order.json") + [f"--ciq-order-out={out}"]
-    env = {**os.environ, "PYTHONPATH": str(SELECTION.parent.parent.parent / "ciq" / "runner"),
-           "PYTEST_ADDOPTS": ""}
-    # The plugin as the box imports it: a module named ciq_selection on the path.
-    (tmp_path / "box").mkdir()
-    (tmp_path / "box" / "ciq_selection.py").write_text(SELECTION.read_text())
-    env["PYTHONPATH"] = str(tmp_path / "box")
+    # The plugin's folder as the box gets it: the plugin and the rule, nothing of ciq.
+    env = {**os.environ, "PYTEST_ADDOPTS": "",
+           "PYTHONPATH": str(selection_folder(_run_dir(tmp_path)))}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -205,12 +190,13 @@ def test_the_plugin_orders_a_real_pytest_run_and_writes_what_it_found(tmp_path: 
 def test_a_broken_hints_file_leaves_pytests_order(tmp_path: Path):
     write(tmp_path, {"tests/test_b.py": "def test_b():\n    pass\n",
                      "tests/test_a.py": "def test_a():\n    pass\n",
-                     "box/ciq_selection.py": SELECTION.read_text(), "order.json": "{nope"})
+                     "order.json": "{nope"})
     live = tmp_path / "live.jsonl"
     cmd = default_command(tmp_path / "junit.xml", tmp_path, sys.executable, live=live,
                           order=tmp_path / "order.json")
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path / "box")})
+                          env={**os.environ,
+                               "PYTHONPATH": str(selection_folder(_run_dir(tmp_path)))})
     assert done.returncode == 0 and "ciq: not ordering the tests" in done.stdout
     assert [json.loads(x)["id"] for x in live.read_text().splitlines()] == [
         "tests/test_a.py::test_a", "tests/test_b.py::test_b"]

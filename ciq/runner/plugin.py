@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 #: The in-box pytest plugin (its file, never imported by the worker).
 SELECTION_SOURCE = Path(__file__).with_name("selection.py")
+#: The ordering rule the plugin imports in the box (as ``ciq_order_rule``).
+RULE_SOURCE = Path(__file__).parent.parent / "order_rule.py"
+RULE_MODULE = "ciq_order_rule"
 #: Bytes of the plugin's list of changed test files and their importers read.
 MAX_ORDER_OUT_BYTES = 8 << 20
 #: Files of a commit's change kept for ordering (a huge change: its first ones).
@@ -57,8 +60,10 @@ def selection_folder(run_dir: Path, chunk: list[str] | None = None) -> Path:
     if not plugin.is_file():  # readable by the tests' user (CIQ_RUN_AS), whatever umask
         folder.mkdir(exist_ok=True)
         folder.chmod(0o755)
-        shutil.copyfile(SELECTION_SOURCE, plugin)
-        plugin.chmod(0o644)
+        for source, copy in ((RULE_SOURCE, folder / f"{RULE_MODULE}.py"),
+                             (SELECTION_SOURCE, plugin)):  # the plugin last: it marks done
+            shutil.copyfile(source, copy)
+            copy.chmod(0o644)
     if chunk is not None:
         _give(folder / "chunk.json", chunk)
     return folder

@@ -1,7 +1,7 @@
 """The box's end of a sharded run's test selection: a pytest plugin, loaded in the box as
 ``-p ciq_selection`` from a read-only folder of the run that holds a copy of this file
-alone (so that nothing else of ciq can be imported there, or shadow a module of the
-project's). Never imported by the worker.
+and of the ordering rule alone (so that nothing else of ciq can be imported there, or
+shadow a module of the project's). Never imported by the worker.
 
 * ``--ciq-collected=FILE``: once collection is over (and any plugin of the project's has
   deselected what it deselects), the ids of the tests pytest would run go to FILE as a
@@ -17,11 +17,12 @@ project's). Never imported by the worker.
   seconds), flushed at once, so that the worker's tail of it (``ciq.runner.live``) shows
   the first failure long before the report. Bounded: nothing more after
   :data:`LIVE_LINES` lines or :data:`LIVE_BYTES` bytes (the report has every test).
-* ``--ciq-order=FILE``: likely failures first (:mod:`ciq.ordering`, whose rule
-  :func:`order` mirrors): FILE (JSON, the worker's) names the tests that failed last
-  time, the flaky ones, the known durations and the files the commit changed; the plugin
-  builds the static import graph of the project's files (:func:`importers`) and reorders
-  the items, whole files at a time. ``--ciq-order-out=FILE`` gets the changed files and
+* ``--ciq-order=FILE``: likely failures first (:mod:`ciq.ordering`; the rule,
+  :mod:`ciq.order_rule`, is copied beside this file as ``ciq_order_rule``): FILE (JSON,
+  the worker's) names the tests that failed last time, the flaky ones, the known
+  durations and the files the commit changed; the plugin builds the static import
+  graph of the project's files (:func:`importers`) and reorders the items, whole files
+  at a time. ``--ciq-order-out=FILE`` gets the changed files and
   their importers as test files (the sharding plan's likely failures). Ordering is best
   effort: whatever goes wrong leaves pytest's own order.
 
@@ -34,11 +35,10 @@ from __future__ import annotations
 import ast
 import json
 import os
-import statistics
 import sys
 import time
 import warnings
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from typing import IO, Any
 
 import pytest
@@ -181,11 +181,14 @@ def _ordered(path: str, rootpath: str,
              items: list[pytest.Item]) -> tuple[list[str], set[str], set[str]]:
     """The items' ids in their order, and the test files (in node id form) that the
     commit changed and that import a change."""
+    # The rule, written once (ciq.order_rule), copied beside this file in the box.
+    from ciq_order_rule import file_of, order
+
     with open(path, encoding="utf-8") as fh:
         hints = json.load(fh)
     ids = [item.nodeid for item in items]
     root = os.path.realpath(hints["root"])
-    files = {_file_of(i) for i in ids}
+    files = {file_of(i) for i in ids}
     where = {f: os.path.realpath(os.path.join(rootpath, f)) for f in files}
     changed_abs = {os.path.realpath(os.path.join(root, c)) for c in hints["changed"] or ()}
     changed = {f for f in files if where[f] in changed_abs}
@@ -201,65 +204,6 @@ def _write_json(path: str, data: object) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh)
     os.replace(tmp, path)  # whole or not at all
-
-
-# -- the rule: a copy of ciq.ordering's (nothing of ciq can be imported here) -------------
-
-REST = 4
-
-
-def _file_of(test_id: str) -> str:
-    return test_id.split("::", 1)[0]
-
-
-def tiers(ids: Sequence[str], failed: Collection[str], changed: Collection[str],
-          importers: Collection[str], flaky: Collection[str],
-          durations: Mapping[str, float]) -> dict[str, int]:
-    """As :func:`ciq.ordering.tiers`."""
-    out = {}
-    for i in ids:
-        f = _file_of(i)
-        if i in failed:
-            out[i] = 0
-        elif f in changed or (durations and i not in durations):
-            out[i] = 1
-        elif f in importers:
-            out[i] = 2
-        elif i in flaky:
-            out[i] = 3
-        else:
-            out[i] = REST
-    if all(t < REST for t in out.values()):  # all likely (a root commit): none stands out
-        out = {i: 0 if t == 0 else REST for i, t in out.items()}
-    return out
-
-
-def order(ids: Sequence[str], failed: Collection[str], changed: Collection[str],
-          importers: Collection[str], flaky: Collection[str],
-          durations: Mapping[str, float]) -> list[str]:
-    """As :func:`ciq.ordering.order`: whole files by their best tier, then by seconds
-    (shortest first in the likely tiers, longest first in the rest), then as collected;
-    within a file, last time's failures first."""
-    ids = list(dict.fromkeys(ids))
-    tier = tiers(ids, failed, changed, importers, flaky, durations)
-    known = [d for d in durations.values() if d >= 0]
-    # Nothing measured yet: no file is longer than another, pytest's order stays.
-    default = statistics.median(known) if known else 0.0
-    files: dict[str, list[str]] = {}
-    for i in ids:
-        files.setdefault(_file_of(i), []).append(i)
-    best = {f: min(tier[i] for i in tests) for f, tests in files.items()}
-    seconds = {f: sum(durations.get(i, default) for i in tests) for f, tests in files.items()}
-    at = {f: n for n, f in enumerate(files)}
-
-    def key(f: str) -> tuple[int, float, int]:
-        return best[f], seconds[f] if best[f] < REST else -seconds[f], at[f]
-
-    out: list[str] = []
-    for f in sorted(files, key=key):
-        tests = files[f]
-        out += [i for i in tests if tier[i] == 0] + [i for i in tests if tier[i] != 0]
-    return out
 
 
 # -- the import graph (static: the project's code is parsed, never imported) -------------
