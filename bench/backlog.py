@@ -17,25 +17,17 @@ stopped). Medians over ``--rounds`` rounds (3) are printed and saved to
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from harness import (
+    cluster,
     commit,
-    free_port,
     git,
-    kill_leftovers,
     save_results,
-    show_worker_logs,
-    start_redis,
-    stop_process,
     wait_for,
 )
 
@@ -50,20 +42,6 @@ QUICK = {"tests/test_b.py": "def test_b():\n    pass\n"}
 
 def at(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
-
-
-def start_worker(root: Path, env: dict[str, str]) -> subprocess.Popen:
-    log = root / "worker-w1.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
-           "--concurrency=1", "--without-mingle", "--without-gossip", "--hostname=w1@%h"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    wait_for(lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None,
-             60, "the worker to start", 0.02)
-    if proc.poll() is not None:
-        raise RuntimeError(f"the worker died:\n{log.read_text()[-3000:]}")
-    return proc
 
 
 def one_round(store: Store, sender: Sender, path: Path, repo: str, branch: str,
@@ -92,18 +70,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backlog", type=int, default=5)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ciq-bench-backlog-")).resolve()
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    store = Store.from_url(url)
-    procs: list[subprocess.Popen] = []
     results: dict[str, Any] = {"rounds": args.rounds, "backlog": args.backlog}
-    ok = False
-    try:
-        procs.append(start_redis(root / "redis", port, store.client))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
-        env.update(CIQ_BROKER_URL=url, CIQ_RESULT_BACKEND=url, CIQ_DATA_DIR=str(root / "data"))
-        procs.append(start_worker(root, env))
+    with cluster("backlog") as c:
+        root, url, store = c.root, c.url, c.store
+        c.worker()
         path = root / "repo"
         path.mkdir()
         git(path, "init", "-q", "-b", "main")
@@ -130,17 +100,8 @@ def main() -> int:
                   f"{got['newest_claim_to_report_s']:.2f}s after its claim; all reported "
                   f"{got['all_reported_s']:.2f}s after it (median of {args.rounds}); "
                   f"statuses {each[-1]['statuses']}")
-        ok = True
-    finally:
-        if not ok:
-            show_worker_logs(root)
-        for proc in reversed(procs):
-            stop_process(proc)
-        store.client.close()
-        leaks = kill_leftovers(root, 5)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"saved {save_results('backlog', results, leaks)}")
-    return 0 if ok else 1
+    print(f"saved {save_results('backlog', results, c.leaks)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,26 +19,19 @@ Saved to ``bench/results/flaky.json``; everything started here is stopped by pid
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness import (
+    cluster,
     commit,
-    free_port,
     git,
-    kill_leftovers,
     save_results,
-    show_worker_logs,
-    start_redis,
+    start_worker,
     stop_process,
-    wait_for,
 )
 
 from ciq.dispatch import Sender
@@ -70,20 +63,6 @@ def test_flaky():
     assert not first, "first run of commit {salt}"
 """,
     }
-
-
-def start_worker(root: Path, env: dict[str, str], name: str) -> subprocess.Popen:
-    log = root / f"worker-{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
-           "--concurrency=1", "--without-mingle", "--without-gossip", f"--hostname={name}@%h"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    wait_for(lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None,
-             60, f"worker {name} to start", 0.02)
-    if proc.poll() is not None:
-        raise RuntimeError(f"worker {name} died:\n{log.read_text()[-3000:]}")
-    return proc
 
 
 def one_run(store: Store, sender: Sender, path: Path, repo: str, shared: Path, n: int,
@@ -150,37 +129,20 @@ def main() -> int:
     parser.add_argument("--test-seconds", type=float, default=0.5,
                         help="seconds the flaky test takes")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ciq-bench-flaky-")).resolve()
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    store = Store.from_url(url)
-    procs: list[subprocess.Popen] = []
     results: dict[str, Any] = {"runs": args.runs, "test_seconds": args.test_seconds}
-    ok = False
-    try:
-        procs.append(start_redis(root / "redis", port, store.client))
+    with cluster("flaky") as c:
+        root, url, store = c.root, c.url, c.store
         (root / "shared").mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
-        env.update(CIQ_BROKER_URL=url, CIQ_RESULT_BACKEND=url, CIQ_DATA_DIR=str(root / "data"),
-                   CIQ_BOX_SHARED=str(root / "shared"))
+        c.env["CIQ_BOX_SHARED"] = str(root / "shared")
         for workers in (2, 1):
-            got = scenario(root, env, store, url, workers, args.runs, args.test_seconds)
+            got = scenario(root, c.env, store, url, workers, args.runs, args.test_seconds)
             results[f"workers_{workers}"] = got
             print(f"{workers} worker(s): verdict {got['median_verdict_s']:.2f}s after the "
                   f"failing run (median; target {got['median_target_s']:.2f}s: "
                   f"{'met' if got['meets_target'] else 'NOT met'}), rerun cost "
                   f"{got['median_rerun_seconds']:.2f}s per failing commit")
-        ok = True
-    finally:
-        if not ok:
-            show_worker_logs(root)
-        for proc in reversed(procs):
-            stop_process(proc)
-        store.client.close()
-        leaks = kill_leftovers(root, 5)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"saved {save_results('flaky', results, leaks)}")
-    return 0 if ok else 1
+    print(f"saved {save_results('flaky', results, c.leaks)}")
+    return 0
 
 
 if __name__ == "__main__":

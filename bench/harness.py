@@ -5,23 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 
 from ciq.processes import stop_process
+from ciq.store import Store
 
-__all__ = ["GIT_ENV", "commit", "free_port", "git", "kill_leftovers", "processes_under",
-           "save_results", "show_worker_logs", "start_redis", "stop_process", "wait_for",
-           "wait_until_served"]
+__all__ = ["GIT_ENV", "Cluster", "cluster", "commit", "free_port", "git", "kill_leftovers",
+           "processes_under", "save_results", "show_worker_logs", "start_redis",
+           "start_worker", "stop_process", "wait_for", "wait_until_served"]
 
 T = TypeVar("T")
 
@@ -146,3 +151,68 @@ def save_results(name: str, results: dict[str, Any], leaks: dict[int, str]) -> P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     return out
+
+
+def start_worker(root: Path, env: dict[str, str], name: str = "w1") -> subprocess.Popen:
+    """A real ``celery -A ciq worker`` of one process, ``NAME@host``, configured by ``env``
+    (its log: ``root/worker-NAME.log``), once it says it is ready."""
+    log = root / f"worker-{name}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
+           "--concurrency=1", "--without-mingle", "--without-gossip", f"--hostname={name}@%h"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    wait_for(lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None,
+             60, f"worker {name} to start", 0.02)
+    if proc.poll() is not None:
+        stop_process(proc)
+        raise RuntimeError(f"worker {name} died:\n{log.read_text()[-3000:]}")
+    return proc
+
+
+@dataclass
+class Cluster:
+    """A benchmark's private redis-server and the workers it starts, under ``root``."""
+
+    root: Path
+    url: str
+    store: Store
+    #: What the workers run with: this environment without CIQ_/CELERY_ variables, then
+    #: the private Redis and data folder (and what the benchmark adds).
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    #: Processes found running under ``root`` after everything was stopped (killed).
+    leaks: dict[int, str] = field(default_factory=dict)
+
+    def worker(self, name: str = "w1") -> subprocess.Popen:
+        proc = start_worker(self.root, self.env, name)
+        self.procs.append(proc)
+        return proc
+
+
+@contextmanager
+def cluster(prefix: str, **env: str) -> Iterator[Cluster]:
+    """A :class:`Cluster` in a temporary folder; everything it started is stopped by pid
+    on the way out, leftovers killed (``leaks``), the folder removed, and the workers'
+    logs shown when the block failed."""
+    root = Path(tempfile.mkdtemp(prefix=f"ciq-bench-{prefix}-")).resolve()
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    store = Store.from_url(url)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
+    found = Cluster(root, url, store, {**clean, "CIQ_BROKER_URL": url,
+                                       "CIQ_RESULT_BACKEND": url,
+                                       "CIQ_DATA_DIR": str(root / "data"), **env})
+    ok = False
+    try:
+        found.procs.append(start_redis(root / "redis", port, store.client))
+        yield found
+        ok = True
+    finally:
+        if not ok:
+            show_worker_logs(root)
+        for proc in reversed(found.procs):
+            stop_process(proc)
+        store.client.close()
+        found.leaks = kill_leftovers(root, 5)
+        shutil.rmtree(root, ignore_errors=True)

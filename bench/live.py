@@ -16,26 +16,17 @@ saved to ``bench/results/live.json``. Everything started here is stopped by pid.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness import (
+    cluster,
     commit,
-    free_port,
     git,
-    kill_leftovers,
     save_results,
-    show_worker_logs,
-    start_redis,
-    stop_process,
-    wait_for,
 )
 
 from ciq.dispatch import Sender
@@ -58,20 +49,6 @@ def suite(tests: int, sleep: float, salt: int) -> dict[str, str]:
     return {"tests/test_a_early.py": f"# run {salt}\ndef test_fails():\n"
                                      "    assert 1 == 2, 'early on purpose'\n",
             "tests/test_b_slow.py": slow}
-
-
-def start_worker(root: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
-    log = root / "worker-w1.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "ciq", "worker", "--loglevel=INFO",
-           "--concurrency=1", "--without-mingle", "--without-gossip", "--hostname=w1@%h"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=root, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    wait_for(lambda: " ready." in log.read_text(errors="replace") or proc.poll() is not None,
-             60, "the worker to start", 0.02)
-    if proc.poll() is not None:
-        raise RuntimeError(f"the worker died:\n{log.read_text()[-3000:]}")
-    return proc, log
 
 
 def one_run(store: Store, sender: Sender, path: Path, repo: str, n: int, tests: int,
@@ -108,20 +85,11 @@ def main() -> int:
     parser.add_argument("--tests", type=int, default=50, help="slow tests after the failure")
     parser.add_argument("--sleep", type=float, default=0.2, help="seconds each slow test sleeps")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ciq-bench-live-")).resolve()
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    store = Store.from_url(url)
-    procs: list[subprocess.Popen] = []
     results: dict[str, Any] = {"runs": args.runs, "slow_tests": args.tests,
                                "sleep_s": args.sleep, "poll_s": POLL}
-    ok = False
-    try:
-        procs.append(start_redis(root / "redis", port, store.client))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
-        env.update(CIQ_BROKER_URL=url, CIQ_RESULT_BACKEND=url, CIQ_DATA_DIR=str(root / "data"))
-        worker, _ = start_worker(root, env)
-        procs.append(worker)
+    with cluster("live") as c:
+        root, url, store = c.root, c.url, c.store
+        c.worker()
         path = root / "repo"
         path.mkdir()
         git(path, "init", "-q", "-b", "main")
@@ -150,17 +118,8 @@ def main() -> int:
         print(f"median over {len(runs)} runs, from the enqueue: first failure {first:.2f}s, "
               f"report {report:.2f}s; the report comes {report / first:.1f}x later "
               f"({report - first:.1f}s); in the run, the first failure at {in_run:.2f}s")
-        ok = True
-    finally:
-        if not ok:
-            show_worker_logs(root)
-        for proc in reversed(procs):
-            stop_process(proc)
-        store.client.close()
-        leaks = kill_leftovers(root, 5)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"saved {save_results('live', results, leaks)}")
-    return 0 if ok else 1
+    print(f"saved {save_results('live', results, c.leaks)}")
+    return 0
 
 
 if __name__ == "__main__":

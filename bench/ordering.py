@@ -22,28 +22,19 @@ here is stopped by pid.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from harness import (
+    cluster,
     commit,
-    free_port,
     git,
-    kill_leftovers,
     save_results,
-    show_worker_logs,
-    start_redis,
-    stop_process,
 )
-from live import start_worker
 
 from ciq.dispatch import Sender
 from ciq.gitrepo import normalise_repo
@@ -108,21 +99,12 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=16)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    root = Path(tempfile.mkdtemp(prefix="ciq-bench-ordering-")).resolve()
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    store = Store.from_url(url)
-    procs: list[subprocess.Popen] = []
     results: dict[str, Any] = {"trials": args.trials, "files": args.files, "tests": args.tests,
                                "sleep_s": args.sleep, "seed": args.seed, "poll_s": POLL}
     modes = {"none": "none", "likely-failures": None}  # the default needs no setting
-    ok = False
-    try:
-        procs.append(start_redis(root / "redis", port, store.client))
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CIQ_", "CELERY_"))}
-        env.update(CIQ_BROKER_URL=url, CIQ_RESULT_BACKEND=url, CIQ_DATA_DIR=str(root / "data"))
-        worker, _ = start_worker(root, env)
-        procs.append(worker)
+    with cluster("ordering") as c:
+        root, url, store = c.root, c.url, c.store
+        c.worker()
         settings = Settings(broker_url=url, result_backend=url, data_dir=root / "data")
         sender = Sender.for_store(settings, store)
         repos: dict[str, tuple[Path, str]] = {}
@@ -166,17 +148,8 @@ def main() -> int:
               f"{off['median_first_failure_s']:.2f}s not ({lower:.0%} lower; target >= 50%)")
         print(f"median full test run: {on['median_full_test_s']:.2f}s ordered, "
               f"{off['median_full_test_s']:.2f}s not ({ratio:.3f}x; target <= 1.05x)")
-        ok = True
-    finally:
-        if not ok:
-            show_worker_logs(root)
-        for proc in reversed(procs):
-            stop_process(proc)
-        store.client.close()
-        leaks = kill_leftovers(root, 5)
-        shutil.rmtree(root, ignore_errors=True)
-    print(f"saved {save_results('ordering', results, leaks)}")
-    return 0 if ok else 1
+    print(f"saved {save_results('ordering', results, c.leaks)}")
+    return 0
 
 
 if __name__ == "__main__":
