@@ -70,9 +70,7 @@ def rerun(self: CiqTask, repo: str, sha: str, branch: str | None, run_id: str) -
     to make them (see :mod:`ciq.worker.rerun`); nothing when it no longer waits."""
     try:
         sha = validate_sha(sha)
-        if not (isinstance(run_id, str) and len(run_id) == 32
-                and all(c in "0123456789abcdef" for c in run_id)):
-            raise BadInput(f"bad run id {run_id!r}")
+        _hex_id(run_id, "run id")
     except BadInput as exc:
         logger.error("task: dropping reruns of %r: %s", repo, exc)
         return "rejected"
@@ -85,12 +83,17 @@ def probe(self: CiqTask, repo: str, sha: str, probe_id: str) -> str:
     :mod:`ciq.worker.probe`); nothing when the search no longer waits for it."""
     try:
         sha = validate_sha(sha)
-        if not (isinstance(probe_id, str) and len(probe_id) == 32
-                and all(c in "0123456789abcdef" for c in probe_id)):
-            raise BadInput(f"bad probe id {probe_id!r}")
+        _hex_id(probe_id, "probe id")
     except BadInput as exc:
         logger.error("task: dropping probe of %r: %s", repo, exc)
         return "rejected"
     attempts = self.attempts
     return run_probe(attempts.settings, attempts.store, repo, sha, probe_id,
                      self.worker_name())
+
+
+def _hex_id(value: object, what: str) -> None:
+    """``value`` must be an id ciq made (``uuid4().hex``): 32 lowercase hex digits."""
+    if not (isinstance(value, str) and len(value) == 32
+            and all(c in "0123456789abcdef" for c in value)):
+        raise BadInput(f"bad {what} {value!r}")

@@ -16,17 +16,16 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..report import Report
-from ..runner.commit import Checkout, prepare, run_tests
-from ..runner.runs import clean_up
+from ..runner.commit import Checkout, run_tests
 from ..settings import Settings
 from ..store.culprit import Searches
 from ..store.store import Store
-from .lease import Heartbeat, patiently
-from .spec import run_spec
+from .lease import patiently
+from .spec import held_checkout
 
 logger = logging.getLogger(__name__)
 
@@ -115,17 +114,12 @@ def run_probe(settings: Settings, store: Store, repo: str, sha: str, probe_id: s
         return "probe no longer wanted"
     commit, runs, tests = asked
     t0 = time.monotonic()
-    heartbeat = Heartbeat(lambda: held, tag, settings.lease_ttl)
-    spec = replace(run_spec(settings, store, repo, commit, None, own, worker, 1, tag),
-                   cancelled=heartbeat.is_lost)
-    try:
-        with heartbeat, prepare(spec) as ready:
-            if isinstance(ready, Report):  # the environment or the checkout failed
-                outcomes, message = ["untestable"], ready.message
-            else:
-                outcomes, message = probe_runs(ready, tests, runs, heartbeat.is_lost)
-    finally:
-        clean_up(settings.data_dir, own, repo)
+    with held_checkout(settings, store, held, commit, None, worker, tag,
+                       settings.lease_ttl) as (ready, heartbeat):
+        if isinstance(ready, Report):  # the environment or the checkout failed
+            outcomes, message = ["untestable"], ready.message
+        else:
+            outcomes, message = probe_runs(ready, tests, runs, heartbeat.is_lost)
     seconds = round(time.monotonic() - t0, 3)
     result = {"outcomes": outcomes, "worker": worker, "seconds": seconds,
               "message": message[:MESSAGE]}

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import redis
 
@@ -26,14 +26,12 @@ from ..dispatch import Message, Sender
 from ..flaky import RerunPlan, Reruns
 from ..message import rerun_message
 from ..report import Report
-from ..runner.commit import prepare
 from ..runner.deflake import rerun
-from ..runner.runs import clean_up
 from ..settings import Settings
 from ..store.reruns import RerunRequests
 from ..store.store import Store
-from .lease import Heartbeat, patiently
-from .spec import run_spec
+from .lease import patiently
+from .spec import held_checkout
 
 logger = logging.getLogger(__name__)
 
@@ -149,18 +147,13 @@ def take(settings: Settings, store: Store, repo: str, sha: str, branch: str | No
         return "reruns no longer wanted"
     plan, seconds = asked
     end = time.monotonic() + seconds
-    heartbeat = Heartbeat(lambda: held, tag, min(settings.lease_ttl, 3.0))
-    spec = replace(run_spec(settings, store, repo, sha, branch, own, worker, 1, tag),
-                   cancelled=heartbeat.is_lost)
-    try:
-        with heartbeat, prepare(spec) as ready:
-            if isinstance(ready, Report):  # no evidence: the asker reruns them itself
-                logger.warning("%s: could not prepare %s: %s", tag, sha[:12], ready.message)
-                found = Reruns(notes=frozenset({f"could not rerun on {worker}"}))
-            else:
-                found = rerun(ready, plan, end)
-    finally:
-        clean_up(settings.data_dir, own, repo)
+    with held_checkout(settings, store, held, sha, branch, worker, tag,
+                       min(settings.lease_ttl, 3.0)) as (ready, heartbeat):
+        if isinstance(ready, Report):  # no evidence: the asker reruns them itself
+            logger.warning("%s: could not prepare %s: %s", tag, sha[:12], ready.message)
+            found = Reruns(notes=frozenset({f"could not rerun on {worker}"}))
+        else:
+            found = rerun(ready, plan, end)
     if heartbeat.is_lost() or not patiently(
             tag, lambda: held.requests.beat(repo, sha, run_id, held.who, found.to_json())):
         logger.info("%s: run %s no longer waits for its reruns; dropping them", tag, run_id)
