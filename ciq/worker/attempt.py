@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 import redis
 
 from ..dispatch import Message, Sender
+from ..flaky import to_rerun
 from ..report import Report, utcnow
 from ..runner.commit import Checkout, collect, prepare, run_tests
 from ..runner.deflake import deflake
@@ -179,6 +180,8 @@ class _Attempt:
                 report = run_tests(ready, self.plan.chunks[self.lease.chunk])
             else:
                 report = run_tests(ready, self._shard(ready))
+            if not to_rerun(report):  # most runs: no quarantine to read, nothing to ask
+                return report
             # A chunk's failing tests are rerun by their chunk (in order: after the
             # tests before them in that chunk, as they ran in its process).
             elsewhere = Elsewhere(RerunRequests(self.a.store), self.a.sender, self.repo,
